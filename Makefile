@@ -1,0 +1,40 @@
+# make quickstart: set up everything, then run the CPU quickstart ablation.
+# make test:       set up everything, then run the test suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE ?= offline
+
+.PHONY: setup quickstart test bench clean
+
+setup: $(STAMP) .cache/assets/sotu.jsonl
+
+# torch==2.13.0 first: it is the CPU build on these machines, and the project's `torch>=2.4` is then satisfied
+# without pulling a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.cache/assets/sotu.jsonl: | $(STAMP)
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm >/dev/null)
+	$(BIN)/harness assets --dest .cache/assets
+
+quickstart: setup
+	$(BIN)/harness run recipes/quickstart.yaml
+
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/tokenize.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,123 @@
+"""Blend accounting: from a token budget and an arm's shares to megatron.core blend weights, an epochs check, and
+the realised shares read back from megatron.core's BlendedMegatronDatasetBuilder.
+
+A GPT sample is `seq_length` new tokens from one source, so a source's share of samples is its share of the tokens
+the model sees. Megatron's blending index assigns samples greedily to the source furthest below its weight, which
+realises the weights to within one sample; we still read the index back and refuse a blend off by more than 1%.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.data import indexed
+
+SHARE_TOLERANCE = 0.01
+
+
+class BlendError(ValueError):
+    pass
+
+
+def split_bounds(split: str, n_docs: int) -> list[tuple[int, int]]:
+    """Document ranges of the train/valid/test splits, computed as megatron.core does (rounded book-ends)."""
+    parts = [float(x) for x in split.split(",")]
+    total = sum(parts)
+    edges = np.cumsum([0.0] + [p / total for p in parts])
+    return [(int(round(edges[i] * n_docs)), int(round(edges[i + 1] * n_docs))) for i in range(3)]
+
+
+def train_tokens(prefix: str, split: str) -> tuple[int, int]:
+    """(tokens, documents) in the train split of an indexed dataset."""
+    _, lengths = indexed.read_index(prefix + ".idx")
+    lo, hi = split_bounds(split, len(lengths))[0]
+    return int(lengths[lo:hi].sum()), hi - lo
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    prefix: str
+    share: float
+    target_tokens: int
+    available_tokens: int  # in the train split
+    epochs: float
+
+
+def plan_blend(sources: dict[str, str], shares: dict[str, float], budget_tokens: int, split: str,
+               max_epochs: float) -> list[SourcePlan]:
+    """Per source: tokens wanted, tokens available and the epochs that implies; refuse too many repeats."""
+    plans, problems = [], []
+    for name, share in shares.items():
+        if share <= 0:
+            continue
+        available, docs = train_tokens(sources[name], split)
+        target = int(round(share * budget_tokens))
+        epochs = target / available if available else math.inf
+        if epochs > max_epochs:
+            more = math.ceil(target / max_epochs - available)
+            problems.append(f"source '{name}' would be repeated {epochs:.2f} times (limit {max_epochs:g}): it has "
+                            f"{available:,} training tokens in {docs:,} documents and the arm wants {target:,}; "
+                            f"add at least {more:,} tokens of data, or lower the share or the budget")
+        plans.append(SourcePlan(name, sources[name], share, target, available, epochs))
+    if problems:
+        raise BlendError("; ".join(problems))
+    return plans
+
+
+def build(plans: list[SourcePlan], budget_tokens: int, seq_length: int, split: str, seed: int, cache_dir: str,
+          tokenizer, valid_samples: int = 0):
+    """Build the train (and optionally valid) datasets with megatron.core; returns the built datasets."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    os.makedirs(cache_dir, exist_ok=True)
+    _ensure_process_group(cache_dir)
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=([p.prefix for p in plans], [p.share for p in plans]),
+        split=split,
+        path_to_cache=cache_dir,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        mid_level_dataset_surplus=0.005,
+    )
+    n_train = math.ceil(budget_tokens / seq_length)
+    sizes = [n_train, valid_samples, 0]
+    train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    return train, valid
+
+
+def _ensure_process_group(workdir: str) -> None:
+    """megatron's cached indices consult torch.distributed's rank: give a lone process a one-member gloo group
+    (a file store, so no port is opened)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        store = dist.FileStore(os.path.join(workdir, ".pg-store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+
+
+def realised_shares(dataset, plans: list[SourcePlan]) -> dict[str, float]:
+    """Fraction of the samples drawn from each source, read from the built dataset's own index."""
+    if len(plans) == 1:
+        return {plans[0].name: 1.0}
+    ids = np.asarray(dataset.dataset_index)
+    counts = np.bincount(ids, minlength=len(plans))
+    return {p.name: float(counts[i] / len(ids)) for i, p in enumerate(plans)}
+
+
+def check_shares(realised: dict[str, float], plans: list[SourcePlan], n_samples: int) -> None:
+    """Each source's realised share must match its target within 1% (relative), or one sample at small sizes."""
+    for p in plans:
+        tolerance = max(SHARE_TOLERANCE * p.share, 1.0 / max(1, n_samples))
+        if abs(realised[p.name] - p.share) > tolerance:
+            raise BlendError(f"source '{p.name}': realised share {realised[p.name]:.5f} differs from the target "
+                             f"{p.share:.5f} by more than {tolerance:.5f}")

@@ -1,0 +1,141 @@
+"""Recipe -> DAG of stage instances (tokenizer, tokenize per source, blend per arm and seed, ...), each named by a
+hash of (kind, stage version, harness version, resolved config, inputs' hashes).
+
+Only what a stage's output depends on goes into its config: input files by content hash, not by path, so a
+moved corpus is still a cache hit; worker counts and shard sizes are runtime settings, since the output is
+byte-identical whatever they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import harness
+from harness import recipe as rcp
+from harness.stages import StageSpec, get
+from harness.store import Store, write_json_atomic
+
+
+@dataclass
+class Plan:
+    experiment: str
+    store: Store
+    stages: list[StageSpec]  # in dependency order
+
+    def by_id(self, stage_id: str) -> StageSpec:
+        for s in self.stages:
+            if s.id == stage_id:
+                return s
+        raise KeyError(f"no stage '{stage_id}' in the plan of '{self.experiment}'")
+
+    def dir(self, spec: StageSpec) -> Path:
+        return self.store.stage_dir(spec.kind, spec.digest)
+
+    def is_cached(self, spec: StageSpec) -> bool:
+        return self.store.is_published(spec.kind, spec.digest)
+
+    @property
+    def path(self) -> Path:
+        return self.store.experiment_dir(self.experiment) / "plan.json"
+
+    def save(self, recipe: rcp.Recipe | None = None) -> Path:
+        exp = self.store.experiment_dir(self.experiment)
+        exp.mkdir(parents=True, exist_ok=True)
+        if recipe is not None:
+            (exp / "recipe.yaml").write_text(rcp.to_yaml(recipe))
+        write_json_atomic(self.path, {"experiment": self.experiment, "store": str(self.store.root),
+                                      "harness": harness.__version__, "stages": [s.to_dict() for s in self.stages]})
+        return self.path
+
+    @staticmethod
+    def load(path: str | Path) -> "Plan":
+        d = json.loads(Path(path).read_text())
+        return Plan(d["experiment"], Store(d["store"]), [StageSpec(**s) for s in d["stages"]])
+
+
+def digest(spec: StageSpec, dep_digests: dict[str, str]) -> str:
+    payload = {"kind": spec.kind, "version": get(spec.kind).version, "harness": harness.__version__,
+               "config": spec.config, "inputs": dep_digests}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build(recipe: rcp.Recipe, store: Store) -> Plan:
+    stages: list[StageSpec] = []
+    prof = recipe.profile
+
+    def corpus_files(name: str) -> tuple[list[str], dict]:
+        c = recipe.corpora[name]
+        files = rcp.expand_paths(c.paths)
+        return files, {"format": c.format, "text_field": c.text_field}
+
+    # tokenizer
+    tok = recipe.tokenizer
+    if tok.kind == "hf":
+        from harness.data.tokenizer import tokenizer_file
+
+        path = str(tokenizer_file(tok.path))
+        stages.append(StageSpec("tokenizer", "tokenizer",
+                                {"kind": "hf", "eod_token": tok.eod_token, "file": store.fingerprint([path])[0]},
+                                {"path": path}))
+    else:
+        train_on = list(tok.train_on) or list(recipe.corpora)
+        corpora, fps = [], []
+        for name in train_on:
+            files, opts = corpus_files(name)
+            corpora.append({"paths": files, **opts})
+            fps.append({"files": store.fingerprint(files), **opts})
+        stages.append(StageSpec("tokenizer", "tokenizer",
+                                {"kind": "bpe", "vocab_size": tok.vocab_size, "eod_token": tok.eod_token,
+                                 "train_bytes": tok.train_bytes, "corpora": fps},
+                                {"corpora": corpora}))
+
+    # one tokenized dataset per source that some arm uses
+    used = [s for s in list(recipe.corpora) + list(recipe.synthetic)
+            if any(arm.mix.get(s, 0) > 0 for arm in recipe.arms)]
+    for name in used:
+        if name in recipe.corpora:
+            files, opts = corpus_files(name)
+            stages.append(StageSpec(f"tokenize/{name}", "tokenize", {"files": store.fingerprint(files), **opts},
+                                    {"files": files, **opts, "shard_bytes": recipe.data.shard_bytes,
+                                     "workers": prof.workers, "threads": prof.threads},
+                                    {"tokenizer": "tokenizer"}))
+
+    # one blend per arm and training seed (seeds that share a data order share the output)
+    d = recipe.data
+    for arm in recipe.arms:
+        mix = {s: float(v) for s, v in sorted(arm.mix.items()) if v > 0}
+        for seed in recipe.seeds:
+            data_seed = seed if d.vary_order_with_seed else d.seed
+            stages.append(StageSpec(f"blend/{arm.name}/seed{seed}", "blend",
+                                    {"mix": mix, "tokens": int(d.tokens), "seq_length": d.seq_length,
+                                     "split": d.split, "max_epochs": float(d.max_epochs), "seed": int(data_seed)},
+                                    {}, {"tokenizer": "tokenizer", **{s: f"tokenize/{s}" for s in mix}}))
+
+    digests: dict[str, str] = {}
+    for spec in stages:
+        spec.digest = digest(spec, {name: digests[dep] for name, dep in sorted(spec.deps.items())})
+        digests[spec.id] = spec.digest
+    return Plan(recipe.experiment, store, stages)
+
+
+def select(plan: Plan, only: list[str] | None) -> list[StageSpec]:
+    """The stages matching `only` (ids, id prefixes or kinds) plus whatever they need that is not cached."""
+    if not only:
+        return list(plan.stages)
+    wanted = {s.id for s in plan.stages
+              if any(s.id == o or s.kind == o or s.id.startswith(o.rstrip("/") + "/") for o in only)}
+    unknown = [o for o in only if not any(s.id == o or s.kind == o or s.id.startswith(o.rstrip("/") + "/")
+                                         for s in plan.stages)]
+    if unknown:
+        raise KeyError(f"--only {', '.join(unknown)}: no such stage (stages: {', '.join(s.id for s in plan.stages)})")
+    ids = {s.id: s for s in plan.stages}
+    stack = list(wanted)
+    while stack:
+        for dep in ids[stack.pop()].deps.values():
+            if dep not in wanted and not plan.is_cached(ids[dep]):
+                wanted.add(dep)
+                stack.append(dep)
+    return [s for s in plan.stages if s.id in wanted]

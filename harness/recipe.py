@@ -1,0 +1,418 @@
+"""Recipes: typed configuration (omegaconf structured dataclasses), includes by name, overrides, validation.
+
+A recipe is merged in layers - schema defaults, included presets, the recipe file, command-line overrides - and
+each layer is checked as it is merged, so an error names the file (or override) and the key path that caused it.
+Semantic checks (shares, files, names, data sufficiency) run after the merge and report every problem at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class RecipeError(Exception):
+    """A recipe that cannot run. `problems` lists every (where, message) found; the CLI exits with status 2."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{where}: {msg}" for where, msg in problems))
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class CorpusConfig:
+    """A base corpus: files, globs or folders of JSONL, JSONL.gz, Parquet or plain text."""
+
+    paths: list[str] = field(default_factory=list)
+    format: str = "auto"  # auto | jsonl | parquet | text   (jsonl covers .jsonl.gz)
+    text_field: str = "text"
+
+
+@dataclass
+class SyntheticConfig:
+    """A synthetic data set that an arm can name as a source. Its kinds are registered by the generation stages."""
+
+    kind: str = "???"
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # bpe: byte-level BPE trained on the corpus | hf: a tokenizer.json file or a folder holding one
+    path: Optional[str] = None
+    vocab_size: int = 8192  # for kind=bpe
+    train_on: list[str] = field(default_factory=list)  # corpora to train the BPE on; empty = all corpora
+    train_bytes: int = 20_000_000  # text read to train the BPE (the first documents in file order)
+    eod_token: str = "<|endoftext|>"
+
+
+@dataclass
+class ArmConfig:
+    name: str = "???"
+    mix: dict[str, float] = field(default_factory=dict)  # source name -> share of the token budget
+
+
+@dataclass
+class DataConfig:
+    tokens: int = "???"  # type: ignore[assignment]  # token budget every arm trains on
+    seq_length: int = 256
+    max_epochs: float = 4.0  # refuse a blend that repeats any source more often than this
+    split: str = "98,2,0"  # train,valid,test split of every source, by documents (megatron's convention)
+    seed: int = 1234  # data order; with vary_order_with_seed, each training seed gets its own order
+    vary_order_with_seed: bool = True
+    shard_bytes: int = 64 * 2**20  # tokenization shard size (a unit of parallelism and of resumption)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "???"
+    num_layers: int = 2
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None
+    ffn_hidden_size: Optional[int] = None
+
+
+@dataclass
+class ProfileConfig:
+    name: str = "local"
+    executor: str = "local"  # local | slurm
+    workers: int = 1  # processes for sharded stages (tokenization); each uses threads = cpus // workers
+    threads: int = 0  # 0: all cores of the machine
+
+
+@dataclass
+class EvalConfig:
+    suite: str = "offline"
+
+
+@dataclass
+class Recipe:
+    experiment: str = "???"
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    store: str = "runs"
+    corpora: dict[str, CorpusConfig] = field(default_factory=dict)
+    synthetic: dict[str, SyntheticConfig] = field(default_factory=dict)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    arms: list[ArmConfig] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seeds: list[int] = field(default_factory=lambda: [1])
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # where the recipe came from; set by load(), not by users
+    source: str = ""
+
+
+# Sections that may be given as a name; the name is looked up as recipes/<folder>/<name>.yaml.
+INCLUDES = {"profile": "profiles", "model": "models"}
+# Registered synthetic kinds are added by the generation package; an empty registry refuses every synthetic set.
+SYNTHETIC_KINDS: dict[str, str] = {}
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _fields_at(path: str) -> list[str]:
+    """Field names valid at a dotted key path of the schema; dict entries and list items step into their type."""
+    t: Any = Recipe
+    parts = [x for x in re.split(r"[.\[\]]", path) if x]
+    i = 0
+    while i < len(parts):
+        hints = typing.get_type_hints(t) if is_dataclass(t) else {}
+        if parts[i] not in hints:
+            return []
+        t, i = hints[parts[i]], i + 1
+        while typing.get_origin(t) in (list, dict, typing.Union):
+            if typing.get_origin(t) is typing.Union:
+                t = next(a for a in typing.get_args(t) if a is not type(None))
+            else:
+                t, i = typing.get_args(t)[-1], i + 1  # the next part names the entry or the index
+    return [f.name for f in fields(t) if f.name != "source"] if is_dataclass(t) else []
+
+
+def _describe_omegaconf_error(e: OmegaConfBaseException, section: str = "") -> str:
+    key = getattr(e, "full_key", None) or ""
+    if section and key and not key.startswith(section):
+        key = f"{section}.{key}"
+    if isinstance(e, ConfigKeyError) or "not in" in str(e):
+        bad = key or str(e)
+        parent, _, leaf = bad.rpartition(".")
+        candidates = _fields_at(parent)
+        near = difflib.get_close_matches(leaf, candidates, n=1)
+        hint = f" (did you mean '{'.'.join(filter(None, [parent, near[0]]))}'?)" if near else ""
+        return f"unknown key '{bad}'{hint}"
+    msg = str(e).splitlines()[0]
+    if isinstance(e, ValidationError):
+        return f"key '{key}': wrong type: {msg}"
+    return f"key '{key}': {msg}" if key else msg
+
+
+def _find_include(folder: str, name: str, near: Path) -> Path:
+    for base in (near / folder, near.parent / folder, REPO_RECIPES / folder):
+        p = base / f"{name}.yaml"
+        if p.is_file():
+            return p
+    known = sorted({p.stem for base in (near / folder, REPO_RECIPES / folder) if base.is_dir()
+                    for p in base.glob("*.yaml")})
+    near_names = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '{near_names[0]}'?)" if near_names else ""
+    raise FileNotFoundError(f"no {folder[:-1]} named '{name}'{hint}; known: {', '.join(known) or 'none'}")
+
+
+def _merge(base: DictConfig, layer: Any, where: str, problems: list) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as e:
+        problems.append((where, _describe_omegaconf_error(e)))
+        return base
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None, check_files: bool = True) -> Recipe:
+    """Load, merge and validate a recipe. Raises RecipeError naming the file and key of every problem."""
+    path = Path(path)
+    problems: list[tuple[str, str]] = []
+    if not path.is_file():
+        raise RecipeError([(str(path), "recipe file not found")])
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors and duplicate keys
+        raise RecipeError([(str(path), f"cannot parse: {str(e).splitlines()[0]}")]) from None
+    if not isinstance(raw, DictConfig):
+        raise RecipeError([(str(path), "a recipe is a mapping of keys to values")])
+    override_cfg = OmegaConf.create()
+    for ov in overrides or []:
+        if "=" not in ov:
+            problems.append((f"override '{ov}'", "expected key=value"))
+            continue
+        try:
+            override_cfg = OmegaConf.merge(override_cfg, OmegaConf.from_dotlist([ov]))
+        except Exception as e:
+            problems.append((f"override '{ov}'", str(e).splitlines()[0]))
+
+    cfg = OmegaConf.structured(Recipe)
+    # Includes by name: the recipe's (or an override's) string value names a preset file whose content is merged
+    # first; keys given beside a `preset:`/`name:` entry override the preset.
+    for section, folder in INCLUDES.items():
+        for layer, where in ((override_cfg, "command line"), (raw, str(path))):
+            val = layer.get(section) if section in layer else None
+            name = val if isinstance(val, str) else (val.get("preset") or val.get("name")) if isinstance(val, DictConfig) else None
+            if name is None:
+                continue
+            try:
+                inc = _find_include(folder, str(name), path.parent)
+            except FileNotFoundError as e:
+                problems.append((where, f"{section}: {e}"))
+                break
+            inc_cfg = OmegaConf.load(inc)
+            key = "preset" if section == "model" else "name"
+            inc_cfg[key] = str(name)
+            cfg = _merge(cfg, OmegaConf.create({section: inc_cfg}), str(inc), problems)
+            if isinstance(val, str):
+                layer[section] = {key: val}  # the include is resolved; keep the name only
+            break
+    cfg = _merge(cfg, raw, str(path), problems)
+    for ov in overrides or []:
+        if "=" in ov:
+            try:
+                cfg = _merge(cfg, OmegaConf.from_dotlist([ov]), f"override '{ov}'", problems)
+            except Exception as e:
+                problems.append((f"override '{ov}'", str(e).splitlines()[0]))
+    if problems:
+        raise RecipeError(problems)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    for k in missing:
+        problems.append((str(path), f"key '{k}' is required"))
+    if problems:
+        raise RecipeError(problems)
+    try:
+        recipe: Recipe = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise RecipeError([(str(path), _describe_omegaconf_error(e))]) from None
+    recipe.source = str(path.resolve())
+    _resolve_paths(recipe, path.parent)
+    validate(recipe, str(path), check_files=check_files)
+    return recipe
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> None:
+    """Relative input paths are relative to the recipe file's folder, so a recipe runs from any directory."""
+    for corpus in recipe.corpora.values():
+        corpus.paths = [p if os.path.isabs(p) else str((base / p).resolve()) for p in corpus.paths]
+    tok = recipe.tokenizer
+    if tok.path and not os.path.isabs(tok.path):
+        tok.path = str((base / tok.path).resolve())
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    """Files matched by a list of files, globs and folders, sorted within each pattern (a stable order)."""
+    out: list[str] = []
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            out.extend(sorted(p for p in glob.glob(pat, recursive=True) if os.path.isfile(p)))
+        elif os.path.isdir(pat):
+            out.extend(sorted(str(p) for p in Path(pat).rglob("*") if p.is_file() and not p.name.startswith(".")))
+        elif os.path.isfile(pat):
+            out.append(pat)
+    return out
+
+
+def _bad_number(x: Any) -> bool:
+    return not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x) or math.isinf(x)
+
+
+def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
+    """Semantic checks; every problem is collected and raised together."""
+    p: list[tuple[str, str]] = []
+
+    def bad(key: str, msg: str) -> None:
+        p.append((where, f"{key}: {msg}"))
+
+    if not NAME_RE.match(recipe.experiment) or recipe.experiment.startswith("_"):
+        bad("experiment", f"'{recipe.experiment}' is not a valid name (letters, digits, '_', '.', '-')")
+    if recipe.profile.executor not in ("local", "slurm"):
+        bad("profile.executor", f"unknown executor '{recipe.profile.executor}' (local, slurm)")
+    if recipe.profile.workers < 1:
+        bad("profile.workers", "must be at least 1")
+    if not recipe.corpora:
+        bad("corpora", "at least one base corpus is required")
+    for name, c in recipe.corpora.items():
+        if not NAME_RE.match(name):
+            bad(f"corpora.{name}", "not a valid source name")
+        if c.format not in ("auto", "jsonl", "parquet", "text"):
+            bad(f"corpora.{name}.format", f"unknown format '{c.format}' (auto, jsonl, parquet, text)")
+        if not c.paths:
+            bad(f"corpora.{name}.paths", "no paths given")
+        elif check_files:
+            for pat in c.paths:
+                if not expand_paths([pat]):
+                    bad(f"corpora.{name}.paths", f"no file matches '{pat}'")
+    for name, s in recipe.synthetic.items():
+        if name in recipe.corpora:
+            bad(f"synthetic.{name}", "a corpus has the same name")
+        if s.kind not in SYNTHETIC_KINDS:
+            known = ", ".join(sorted(SYNTHETIC_KINDS)) or "none are available in this version"
+            bad(f"synthetic.{name}.kind", f"unknown synthetic kind '{s.kind}' ({known})")
+
+    tok = recipe.tokenizer
+    if tok.kind not in ("bpe", "hf"):
+        bad("tokenizer.kind", f"unknown tokenizer kind '{tok.kind}' (bpe, hf)")
+    if tok.kind == "hf":
+        if not tok.path:
+            bad("tokenizer.path", "required when tokenizer.kind is 'hf'")
+        elif check_files and not (os.path.isfile(tok.path) or os.path.isfile(os.path.join(tok.path, "tokenizer.json"))):
+            bad("tokenizer.path", f"no tokenizer.json at '{tok.path}'")
+    if tok.kind == "bpe" and not (256 + 1 < tok.vocab_size <= 2**31 - 1):
+        bad("tokenizer.vocab_size", f"{tok.vocab_size} is too small for a byte-level BPE (> 257)")
+    for c in tok.train_on:
+        if c not in recipe.corpora:
+            bad("tokenizer.train_on", f"unknown corpus '{c}'{_did_you_mean(c, recipe.corpora)}")
+
+    d = recipe.data
+    if _bad_number(d.tokens) or d.tokens <= 0:
+        bad("data.tokens", f"the token budget must be a positive number, got {d.tokens}")
+    if d.seq_length < 8:
+        bad("data.seq_length", f"{d.seq_length} is too short (at least 8)")
+    if _bad_number(d.max_epochs) or d.max_epochs <= 0:
+        bad("data.max_epochs", f"must be positive, got {d.max_epochs}")
+    try:
+        parts = [float(x) for x in d.split.split(",")]
+        if len(parts) != 3 or any(x < 0 for x in parts) or parts[0] <= 0:
+            raise ValueError
+    except ValueError:
+        bad("data.split", f"'{d.split}' is not 'train,valid,test' with a positive train part")
+    if d.shard_bytes < 1024:
+        bad("data.shard_bytes", "must be at least 1024")
+
+    if not recipe.arms:
+        bad("arms", "at least one arm is required")
+    sources = {**recipe.corpora, **recipe.synthetic}
+    seen: set[str] = set()
+    for i, arm in enumerate(recipe.arms):
+        key = f"arms[{i}]"
+        if not NAME_RE.match(arm.name):
+            bad(f"{key}.name", f"'{arm.name}' is not a valid arm name")
+        if arm.name in seen:
+            bad(f"{key}.name", f"duplicate arm name '{arm.name}'")
+        seen.add(arm.name)
+        if not arm.mix:
+            bad(f"{key}.mix", "an arm mixes at least one source")
+        total = 0.0
+        for src, share in arm.mix.items():
+            if src not in sources:
+                bad(f"{key}.mix.{src}", f"unknown source '{src}'{_did_you_mean(src, sources)}")
+            if _bad_number(share) or share < 0:
+                bad(f"{key}.mix.{src}", f"share must be a number >= 0, got {share}")
+            else:
+                total += share
+        if arm.mix and not any(_bad_number(s) for s in arm.mix.values()) and abs(total - 1.0) > 1e-6:
+            bad(f"{key}.mix", f"shares of arm '{arm.name}' sum to {total:.6g}, not 1")
+    if not recipe.seeds:
+        bad("seeds", "at least one training seed is required")
+    if len(set(recipe.seeds)) != len(recipe.seeds):
+        bad("seeds", f"duplicate seeds in {list(recipe.seeds)}")
+    if p:
+        raise RecipeError(p)
+    if check_files:
+        _check_data_sufficiency(recipe, where)
+
+
+def _did_you_mean(name: str, options) -> str:
+    near = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _check_data_sufficiency(recipe: Recipe, where: str) -> None:
+    """Refuse, before any work, a blend that surely needs more data than exists.
+
+    Before tokenization the exact token count is unknown, but a byte-level tokenizer never yields more tokens than
+    bytes (plus one EOD per document), so a file's size bounds its tokens from above. The exact check runs again
+    in the blend stage, on real token counts, before any training starts.
+    """
+    p = []
+    for name, c in recipe.corpora.items():
+        upper = sum(os.path.getsize(f) for f in expand_paths(c.paths))
+        if any(f.endswith(".gz") or f.endswith(".parquet") for f in expand_paths(c.paths)):
+            upper *= 20  # compressed: a loose bound (compression ratios above 20 are rare for text)
+        for i, arm in enumerate(recipe.arms):
+            share = arm.mix.get(name, 0.0)
+            need = share * recipe.data.tokens / recipe.data.max_epochs
+            if need > upper:
+                p.append((where, f"arms[{i}].mix.{name}: arm '{arm.name}' needs {share * recipe.data.tokens:,.0f} "
+                                 f"tokens of '{name}', which holds at most {upper:,} bytes: more than "
+                                 f"{recipe.data.max_epochs:g} epochs; add at least {need - upper:,.0f} bytes of "
+                                 f"data, lower the share or the budget, or raise data.max_epochs"))
+    if p:
+        raise RecipeError(p)
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (or nested containers of them) as plain JSON-able data."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple, ListConfig)):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, (dict, DictConfig)):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj

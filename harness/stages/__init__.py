@@ -1,0 +1,66 @@
+"""Stages: units of work with a content-addressed output in the run store.
+
+A stage class names its kind, carries a version (bump it when its output changes for the same inputs), and runs
+in a StageContext: its work folder (published atomically when `run` returns), its inputs' published folders and
+manifests, and a logger. The same `run` is called by every executor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass
+class StageSpec:
+    id: str  # e.g. "tokenize/corpus", "blend/seeded_10/seed1"
+    kind: str
+    config: dict  # everything the output depends on (hashed)
+    runtime: dict = field(default_factory=dict)  # how to run it: paths, workers (not hashed)
+    deps: dict[str, str] = field(default_factory=dict)  # input name -> stage id
+    digest: str = ""
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "config": self.config, "runtime": self.runtime, "deps": self.deps,
+                "digest": self.digest}
+
+
+@dataclass
+class StageContext:
+    spec: StageSpec
+    workdir: Path
+    inputs: dict[str, Path]
+    manifests: dict[str, dict]
+    log: logging.Logger
+
+
+class Stage:
+    kind: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Write outputs under ctx.workdir; return counts and facts for the manifest."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def get(kind: str) -> type[Stage]:
+    _load_builtin()
+    if kind not in REGISTRY:
+        near = difflib.get_close_matches(kind, REGISTRY, n=1)
+        raise KeyError(f"unknown stage kind '{kind}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+    return REGISTRY[kind]
+
+
+def _load_builtin() -> None:
+    from harness.stages import blend, tokenize  # noqa: F401  (registration on import)

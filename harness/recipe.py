@@ -217,6 +217,7 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None, check_file
                 inc = _find_include(folder, str(name), path.parent)
             except FileNotFoundError as e:
                 problems.append((where, f"{section}: {e}"))
+                del layer[section]  # reported once; do not merge the bare name as a section
                 break
             inc_cfg = OmegaConf.load(inc)
             key = "preset" if section == "model" else "name"
@@ -225,7 +226,14 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None, check_file
             if isinstance(val, str):
                 layer[section] = {key: val}  # the include is resolved; keep the name only
             break
-    cfg = _merge(cfg, raw, str(path), problems)
+    # key by key within structured sections, so that one bad key does not hide the others
+    for key in list(raw.keys()):
+        val = raw[key]
+        if isinstance(val, DictConfig) and is_dataclass(OmegaConf.get_type(cfg, key)):
+            for sub in list(val.keys()):
+                cfg = _merge(cfg, OmegaConf.create({key: {sub: val[sub]}}), str(path), problems)
+        else:
+            cfg = _merge(cfg, OmegaConf.create({key: val}), str(path), problems)
     for ov in overrides or []:
         if "=" in ov:
             try:

@@ -1,0 +1,79 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+SYLLABLES = ["ka", "lo", "mi", "ter", "on", "ship", "ward", "ness", "ri", "ven", "cal", "dor", "pe", "us", "ta",
+             "bre", "sol", "nim", "ax", "quo", "fen", "gra", "hul", "ist"]
+
+
+def words(rng: random.Random, n: int) -> list[str]:
+    return ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n)]
+
+
+def make_docs(n_docs: int, seed: int = 0, mean_words: int = 120) -> list[str]:
+    """Deterministic pseudo-prose: a Zipf-ish vocabulary, sentences, punctuation."""
+    rng = random.Random(seed)
+    vocab = words(random.Random(1), 2000)
+    weights = [1 / (i + 1) for i in range(len(vocab))]
+    docs = []
+    for _ in range(n_docs):
+        n = max(5, int(rng.expovariate(1 / mean_words)))
+        toks = rng.choices(vocab, weights, k=n)
+        sent = []
+        for i, t in enumerate(toks):
+            sent.append(t.capitalize() if i == 0 or toks[i - 1].endswith(".") else t)
+            if rng.random() < 0.08:
+                sent[-1] += "."
+        docs.append(" ".join(sent) + ".")
+    return docs
+
+
+def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for d in docs:
+            f.write(json.dumps({field: d}) + "\n")
+    return path
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def base_recipe(tmp_path: Path, **extra) -> dict:
+    """A small recipe over two generated corpora; `extra` replaces top-level sections."""
+    corpora_dir = tmp_path / "corpora"
+    if not (corpora_dir / "web.jsonl").exists():
+        write_jsonl(corpora_dir / "web.jsonl", make_docs(600, seed=1))
+        write_jsonl(corpora_dir / "qa.jsonl", make_docs(300, seed=2, mean_words=60))
+    r = {
+        "experiment": "toy",
+        "profile": "local",
+        "store": str(tmp_path / "runs"),
+        "corpora": {"web": {"paths": ["corpora/web.jsonl"]}, "qa": {"paths": ["corpora/qa.jsonl"]}},
+        "tokenizer": {"kind": "bpe", "vocab_size": 600},
+        "data": {"tokens": 40_000, "seq_length": 64},
+        "arms": [{"name": "base", "mix": {"web": 1.0}}, {"name": "mixed", "mix": {"web": 0.7, "qa": 0.3}}],
+        "model": "tiny",
+        "seeds": [1],
+    }
+    r.update(extra)
+    return r
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return res.exit_code, res.output  # stdout and stderr, interleaved
+
+    return invoke

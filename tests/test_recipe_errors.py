@@ -1,0 +1,105 @@
+"""Bad recipes: each gives exit status 2 and a message naming the file and the key, before any work starts."""
+
+import copy
+
+import pytest
+
+from conftest import base_recipe, write_recipe
+
+
+def _set(d: dict, path: str, value):
+    keys = path.split(".")
+    for k in keys[:-1]:
+        d = d[int(k)] if isinstance(d, list) else d[k]
+    if isinstance(d, list):
+        d[int(keys[-1])] = value
+    else:
+        d[keys[-1]] = value
+
+
+def _del(d: dict, path: str):
+    keys = path.split(".")
+    for k in keys[:-1]:
+        d = d[k]
+    del d[keys[-1]]
+
+
+DELETE = object()
+
+# (case id, key path, new value, expected fragments of the message)
+CASES = [
+    ("unknown top-level key", "experimnet", "x", ["unknown key 'experimnet'", "did you mean 'experiment'"]),
+    ("unknown nested key", "data.tokns", 5, ["unknown key 'data.tokns'", "did you mean 'data.tokens'"]),
+    ("unknown key in a corpus", "corpora.web.text_feild", "body", ["unknown key 'corpora.web.text_feild'",
+                                                                   "did you mean 'corpora.web.text_field'"]),
+    ("wrong type", "data.tokens", "lots", ["data.tokens", "wrong type"]),
+    ("wrong type list", "seeds", "one", ["seeds"]),
+    ("shares do not sum to 1", "arms.1.mix", {"web": 0.7, "qa": 0.2}, ["arms[1].mix", "sum to 0.9, not 1"]),
+    ("negative share", "arms.1.mix", {"web": 1.2, "qa": -0.2}, ["arms[1].mix.qa", "share must be a number >= 0"]),
+    ("nan share", "arms.1.mix", {"web": 0.7, "qa": float("nan")}, ["arms[1].mix.qa", "share must be a number"]),
+    ("unknown source", "arms.1.mix", {"web": 0.7, "qaa": 0.3}, ["arms[1].mix.qaa", "unknown source 'qaa'",
+                                                                "did you mean 'qa'"]),
+    ("duplicate arm", "arms.1.name", "base", ["arms[1].name", "duplicate arm name 'base'"]),
+    ("missing corpus file", "corpora.qa.paths", ["corpora/nope.jsonl"], ["corpora.qa.paths", "no file matches",
+                                                                         "nope.jsonl"]),
+    ("missing required key", "experiment", DELETE, ["key 'experiment' is required"]),
+    ("negative budget", "data.tokens", -5, ["data.tokens", "positive"]),
+    ("impossible blend", "data.tokens", 10**12, ["needs", "tokens of 'web'", "add at least", "bytes of data"]),
+    ("unknown profile", "profile", "clusterz", ["profile", "no profile named 'clusterz'"]),
+    ("unknown model preset", "model", "tinyy", ["model", "no model named 'tinyy'", "did you mean 'tiny'"]),
+    ("bad tokenizer kind", "tokenizer.kind", "sentencepiece", ["tokenizer.kind", "unknown tokenizer kind"]),
+    ("hf tokenizer without path", "tokenizer.kind", "hf", ["tokenizer.path", "required"]),
+    ("bad split", "data.split", "98,2", ["data.split", "train,valid,test"]),
+    ("duplicate seeds", "seeds", [1, 1], ["seeds", "duplicate seeds"]),
+    ("no arms", "arms", [], ["arms", "at least one arm"]),
+    ("bad experiment name", "experiment", "my exp/1", ["experiment", "not a valid name"]),
+    ("unknown synthetic kind", "synthetic", {"seeded": {"kind": "magic"}}, ["synthetic.seeded.kind",
+                                                                            "unknown synthetic kind 'magic'"]),
+    ("zero max epochs", "data.max_epochs", 0, ["data.max_epochs", "positive"]),
+]
+
+
+@pytest.mark.parametrize("case,key,value,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_recipe(tmp_path, cli, case, key, value, expected):
+    r = copy.deepcopy(base_recipe(tmp_path))
+    if value is DELETE:
+        _del(r, key)
+    else:
+        _set(r, key, value)
+    path = write_recipe(tmp_path / "bad.yaml", r)
+    code, output = cli("validate", path)
+    assert code == 2, output
+    flat = " ".join(output.split())
+    assert str(path) in flat, f"the message must name the file: {output}"
+    for frag in expected:
+        assert frag in flat, f"missing {frag!r} in: {output}"
+    assert not (tmp_path / "runs").exists(), "nothing may start for a bad recipe"
+
+
+def test_bad_override_is_named(tmp_path, cli):
+    path = write_recipe(tmp_path / "r.yaml", base_recipe(tmp_path))
+    code, output = cli("validate", path, "data.seq_lenght=128")
+    assert code == 2
+    assert "override 'data.seq_lenght=128'" in output and "did you mean 'data.seq_length'" in output
+
+
+def test_all_problems_reported_together(tmp_path, cli):
+    r = base_recipe(tmp_path)
+    r["arms"] = [{"name": "a", "mix": {"web": 0.5}}, {"name": "a", "mix": {"wbe": 1.0}}]
+    code, output = cli("validate", write_recipe(tmp_path / "r.yaml", r))
+    assert code == 2
+    assert "sum to 0.5" in output and "duplicate arm name 'a'" in output and "unknown source 'wbe'" in output
+
+
+def test_yaml_syntax_error(tmp_path, cli):
+    path = tmp_path / "broken.yaml"
+    path.write_text("experiment: x\narms: [\n")
+    code, output = cli("validate", path)
+    assert code == 2 and "cannot parse" in output and str(path) in " ".join(output.split())
+
+
+def test_good_recipe_and_override(tmp_path, cli):
+    path = write_recipe(tmp_path / "r.yaml", base_recipe(tmp_path))
+    code, output = cli("validate", path, "data.tokens=30000")
+    assert code == 0, output
+    assert "30,000 tokens" in output

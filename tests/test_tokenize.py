@@ -1,0 +1,152 @@
+"""Tokenization into Megatron's format: read back by megatron.core, bad records skipped and located, byte-stable
+across workers and shard sizes, and resumable after SIGKILL."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import make_docs, write_jsonl
+from harness.data import tokenizer as tkz
+
+EOD = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tkz.train_bpe(make_docs(400, seed=9), 700, EOD, path)
+    return path
+
+
+def read_megatron(prefix):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(str(prefix))
+    return [np.array(ds[i]) for i in range(len(ds))], ds
+
+
+def expected_tokens(bpe, docs):
+    tok = Tokenizer.from_file(str(bpe))
+    eod = tok.token_to_id(EOD)
+    return [np.array(tok.encode(d, add_special_tokens=False).ids + [eod]) for d in docs]
+
+
+def test_megatron_reads_our_files(tmp_path, cli, bpe):
+    docs = make_docs(300, seed=3)
+    write_jsonl(tmp_path / "c.jsonl", docs)
+    code, out = cli("tokenize", tmp_path / "c.jsonl", "--tokenizer", bpe, "-o", tmp_path / "out")
+    assert code == 0, out
+    got, ds = read_megatron(tmp_path / "out")
+    want = expected_tokens(bpe, docs)
+    assert len(got) == len(want) == 300
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert ds.index.dtype == np.uint16  # the vocabulary fits
+    assert np.array_equal(ds.document_indices, np.arange(301))
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert summary["tokens"] == sum(len(w) for w in want) and summary["documents"] == 300
+
+
+def test_bad_lines_are_skipped_and_located(tmp_path, cli, bpe):
+    docs = make_docs(50, seed=4)
+    lines = [json.dumps({"text": d}) for d in docs]
+    lines[3] = '{"text": "unterminated'
+    lines[10] = json.dumps({"body": "wrong field"})
+    lines[20] = json.dumps({"text": 42})
+    lines[30] = json.dumps(["not", "an", "object"])
+    lines[40] = json.dumps({"text": "   "})
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    code, out = cli("tokenize", tmp_path / "c.jsonl", "--tokenizer", bpe, "-o", tmp_path / "out")
+    assert code == 0, out
+    flat = " ".join(out.split())
+    for line, reason in ((4, "invalid json"), (11, "missing field"), (21, "wrong type"), (31, "not an object")):
+        assert f"c.jsonl:{line}: {reason}" in flat, out
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert summary["malformed"] == 4 and summary["empty"] == 1 and summary["documents"] == 45
+    got, _ = read_megatron(tmp_path / "out")
+    keep = [d for i, d in enumerate(docs) if i not in (3, 10, 20, 30, 40)]
+    assert all(np.array_equal(g, w) for g, w in zip(got, expected_tokens(bpe, keep)))
+
+
+def test_line_numbers_in_later_shards(tmp_path, cli, bpe):
+    docs = make_docs(400, seed=5)
+    lines = [json.dumps({"text": d}) for d in docs]
+    lines[350] = "{broken"
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    code, out = cli("tokenize", tmp_path / "c.jsonl", "--tokenizer", bpe, "-o", tmp_path / "out",
+                    "--shard-bytes", 20000)
+    assert code == 0 and "c.jsonl:351: invalid json" in " ".join(out.split()), out
+
+
+def test_output_is_identical_across_workers_and_shards(tmp_path, cli, bpe):
+    write_jsonl(tmp_path / "a.jsonl", make_docs(500, seed=6))
+    write_jsonl(tmp_path / "b.jsonl", make_docs(300, seed=7))
+    outs = []
+    for i, (workers, shard) in enumerate([(1, 1 << 26), (2, 30000), (1, 7777)]):
+        prefix = tmp_path / f"o{i}"
+        code, out = cli("tokenize", tmp_path / "a.jsonl", tmp_path / "b.jsonl", "--tokenizer", bpe, "-o", prefix,
+                        "--workers", workers, "--shard-bytes", shard)
+        assert code == 0, out
+        outs.append(((tmp_path / f"o{i}.bin").read_bytes(), (tmp_path / f"o{i}.idx").read_bytes()))
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_formats_gzip_parquet_text(tmp_path, cli, bpe):
+    docs = make_docs(60, seed=8)
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
+        for d in docs[:20]:
+            f.write(json.dumps({"content": d}) + "\n")
+    pq.write_table(pa.table({"content": docs[20:40]}), tmp_path / "b.parquet")
+    (tmp_path / "txt").mkdir()
+    for i, d in enumerate(docs[40:]):
+        (tmp_path / "txt" / f"{i:03d}.txt").write_text(d)
+    code, out = cli("tokenize", tmp_path / "a.jsonl.gz", tmp_path / "b.parquet", tmp_path / "txt",
+                    "--tokenizer", bpe, "-o", tmp_path / "out", "--text-field", "content")
+    assert code == 0, out
+    got, _ = read_megatron(tmp_path / "out")
+    assert len(got) == 60 and all(np.array_equal(g, w) for g, w in zip(got, expected_tokens(bpe, docs)))
+
+
+def test_no_valid_document_is_an_error(tmp_path, cli, bpe):
+    (tmp_path / "c.jsonl").write_text('{"x": 1}\nnot json\n')
+    code, out = cli("tokenize", tmp_path / "c.jsonl", "--tokenizer", bpe, "-o", tmp_path / "out")
+    assert code == 2 and "no valid document" in out
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_missing_input_is_an_error(tmp_path, cli, bpe):
+    code, out = cli("tokenize", tmp_path / "nope.jsonl", "--tokenizer", bpe, "-o", tmp_path / "out")
+    assert code == 2 and "nope.jsonl" in out
+
+
+def test_sigkill_midway_then_rerun_is_byte_identical(tmp_path, bpe):
+    write_jsonl(tmp_path / "big.jsonl", make_docs(6000, seed=11))  # ~4 MB, ~60 shards
+    args = lambda prefix: [sys.executable, "-m", "harness", "tokenize", str(tmp_path / "big.jsonl"), "--tokenizer",
+                           str(bpe), "-o", str(prefix), "--shard-bytes", "65536", "--threads", "1"]
+    subprocess.run(args(tmp_path / "ref"), check=True, capture_output=True)
+
+    shards = tmp_path / "killed.partial" / "shards"
+    proc = subprocess.Popen(args(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(shards.glob("*.json"))) < 5:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = len(list(shards.glob("*.json")))
+    assert 5 <= done < 60, f"the kill should land midway ({done} shards done)"
+    assert not (tmp_path / "killed.bin").exists(), "nothing is published by a killed run"
+    subprocess.run(args(tmp_path / "killed"), check=True, capture_output=True)
+    assert (tmp_path / "killed.bin").read_bytes() == (tmp_path / "ref.bin").read_bytes()
+    assert (tmp_path / "killed.idx").read_bytes() == (tmp_path / "ref.idx").read_bytes()
+    assert not (tmp_path / "killed.partial").exists()

@@ -155,6 +155,7 @@ def test_locked_stage_is_refused(tmp_path, cli):
 
 def test_moved_corpus_is_still_a_cache_hit(tmp_path, cli):
     r = base_recipe(tmp_path)
+    r["tokenizer"]["train_on"] = ["web"]
     path = write_recipe(tmp_path / "r.yaml", r)
     assert cli("run", path, "--only", "tokenize")[0] == 0
     (tmp_path / "moved").mkdir()

@@ -12,6 +12,8 @@ import json
 import multiprocessing as mp
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 
 from harness.data import indexed
 from harness.data.readers import ReadStats, Shard, read_shard
+from harness.data.tokenizer import load as load_tokenizer
 
 BATCH_BYTES = 1 << 20  # text per encode call: large enough to keep every thread busy, small enough to bound memory
 
@@ -37,42 +40,58 @@ class TokenizeJob:
         return os.path.join(self.workdir, "shards", f"{i:05d}")
 
 
-def _encode_into(tok, texts: list[str], eod: int, writer: indexed.BinWriter) -> int:
-    encs = tok.encode_batch_fast(texts, add_special_tokens=False)
-    ids = [e.ids for e in encs]
+def _flatten(encodings, eod: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    ids = [e.ids for e in encodings]
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int32, count=len(ids))
-    flat = np.fromiter(chain.from_iterable(chain(x, (eod,)) for x in ids), dtype=writer.dtype, count=int(lengths.sum()))
-    writer.write_batch(flat, lengths)
-    return int(lengths.sum())
+    flat = np.fromiter(chain.from_iterable(chain(x, (eod,)) for x in ids), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _batches(texts, batch_bytes: int, stats: ReadStats):
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= batch_bytes:
+            yield batch, stats.bytes_read
+            batch, size = [], 0
+    if batch:
+        yield batch, stats.bytes_read
 
 
 def tokenize_shard(job: TokenizeJob, index: int, shard: Shard, progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Tokenize one shard into shards/<index>.bin/.idx; returns (and writes last, as the marker) its stats."""
-    from tokenizers import Tokenizer
+    """Tokenize one shard into shards/<index>.bin/.idx; returns (and writes last, as the marker) its stats.
 
+    Encoding runs on a helper thread (the tokenizer releases the GIL) while this thread parses the next batch and
+    writes the previous one: the cores stay busy with encoding, and at most two batches are held in memory.
+    """
     marker = Path(job.shard_prefix(index) + ".json")
     if marker.is_file():
         return json.loads(marker.read_text())
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer.from_file(job.tokenizer_json)
+    tok = load_tokenizer(job.tokenizer_json)
     writer = indexed.BinWriter(job.shard_prefix(index), indexed.token_dtype(job.vocab_size))
     stats = ReadStats()
-    tokens, batch, batch_bytes, reported = 0, [], 0, 0
-    for text in read_shard(shard, job.text_field, stats):
-        batch.append(text)
-        batch_bytes += len(text)
-        if batch_bytes >= BATCH_BYTES:
-            n = _encode_into(tok, batch, job.eod_id, writer)
-            tokens += n
-            if progress:
-                progress(stats.bytes_read - reported, n)
-                reported = stats.bytes_read
-            batch, batch_bytes = [], 0
-    if batch:
-        n = _encode_into(tok, batch, job.eod_id, writer)
-        tokens += n
+    tokens, reported = 0, 0
+    pending: deque = deque()
+
+    def drain_one() -> None:
+        nonlocal tokens, reported
+        future, read_upto = pending.popleft()
+        flat, lengths = _flatten(future.result(), job.eod_id, writer.dtype)
+        writer.write_batch(flat, lengths)
+        tokens += len(flat)
         if progress:
-            progress(stats.bytes_read - reported, n)
+            progress(read_upto - reported, len(flat))
+            reported = read_upto
+
+    with ThreadPoolExecutor(1) as encoder:
+        for batch, read_upto in _batches(read_shard(shard, job.text_field, stats), BATCH_BYTES, stats):
+            pending.append((encoder.submit(tok.encode_batch_fast, batch, add_special_tokens=False), read_upto))
+            if len(pending) >= 2:
+                drain_one()
+        while pending:
+            drain_one()
     writer.close()
     result = {"index": index, "tokens": tokens, **stats.to_dict()}
     tmp = marker.with_suffix(".json.tmp")

@@ -27,11 +27,22 @@ def tokenizer_file(path: str | os.PathLike) -> Path:
     return p / "tokenizer.json" if p.is_dir() else p
 
 
-def describe(path: str | os.PathLike, eod_token: str) -> dict:
-    """vocab size and EOD id of a tokenizer.json; the EOD token must exist in it."""
+_LOADED: dict[str, object] = {}
+
+
+def load(path: str | os.PathLike):
+    """A tokenizers.Tokenizer from a tokenizer.json (or a folder holding one), loaded once per process."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(tokenizer_file(path)))
+    key = str(tokenizer_file(path))
+    if key not in _LOADED:
+        _LOADED[key] = Tokenizer.from_file(key)
+    return _LOADED[key]
+
+
+def describe(path: str | os.PathLike, eod_token: str) -> dict:
+    """vocab size and EOD id of a tokenizer.json; the EOD token must exist in it."""
+    tok = load(path)
     eod = tok.token_to_id(eod_token)
     if eod is None:
         raise ValueError(f"{path}: the tokenizer has no EOD token '{eod_token}' (set tokenizer.eod_token)")

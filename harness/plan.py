@@ -114,6 +114,23 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                      "split": d.split, "max_epochs": float(d.max_epochs), "seed": int(data_seed)},
                                     {}, {"tokenizer": "tokenizer", **{s: f"tokenize/{s}" for s in mix}}))
 
+    # one training run per arm and seed, then its export to a transformers folder
+    model_cfg = {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
+    train = rcp.to_dict(recipe.train)
+    runtime_train = {k: train.pop(k) for k in ("save_interval", "keep_last", "log_interval")}  # not in the result
+    valid_deps = {f"valid:{s}": f"tokenize/{s}" for s in used if s in recipe.corpora}
+    for arm in recipe.arms:
+        for seed in recipe.seeds:
+            tid = f"train/{arm.name}/seed{seed}"
+            stages.append(StageSpec(tid, "train",
+                                    {"model": model_cfg, "train": train, "seq_length": d.seq_length, "seed": int(seed)},
+                                    {"nproc_per_node": prof.nproc_per_node, "peak_tflops": prof.peak_tflops,
+                                     "train": runtime_train, "experiment": recipe.experiment,
+                                     "run_name": f"{arm.name}-seed{seed}", "wandb": rcp.to_dict(recipe.wandb)},
+                                    {"tokenizer": "tokenizer", "blend": f"blend/{arm.name}/seed{seed}", **valid_deps}))
+            stages.append(StageSpec(f"export/{arm.name}/seed{seed}", "export", {}, {},
+                                    {"train": tid, "tokenizer": "tokenizer"}))
+
     digests: dict[str, str] = {}
     for spec in stages:
         spec.digest = digest(spec, {name: digests[dep] for name, dep in sorted(spec.deps.items())})

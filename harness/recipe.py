@@ -80,12 +80,47 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """A Llama-style GPT (RoPE, SwiGLU, RMSNorm); presets in recipes/models/. The vocabulary comes from the
+    tokenizer (padded to a multiple of 128) unless vocab_size is given."""
+
     preset: str = "???"
     num_layers: int = 2
     hidden_size: int = 128
     num_attention_heads: int = 4
-    num_query_groups: Optional[int] = None
-    ffn_hidden_size: Optional[int] = None
+    num_query_groups: Optional[int] = None  # grouped-query attention; None = one group per head
+    ffn_hidden_size: Optional[int] = None  # None = 8/3 x hidden, rounded up to a multiple of 64
+    vocab_size: Optional[int] = None
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 8
+    global_batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"  # cosine | wsd | linear | constant
+    wsd_decay_fraction: float = 0.2  # for wsd: the share of steps spent decaying
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16
+    distributed_optimizer: bool = False
+    eval_interval: int = 50  # steps between validation losses
+    eval_samples: int = 64  # validation samples per source (its valid split)
+    save_interval: int = 100  # steps between checkpoints (and always at the end)
+    keep_last: int = 2
+    log_interval: int = 10
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # disabled | offline | online
+    project: str = "task-seeded"
 
 
 @dataclass
@@ -94,6 +129,8 @@ class ProfileConfig:
     executor: str = "local"  # local | slurm
     workers: int = 1  # processes for sharded stages (tokenization); each uses threads = cpus // workers
     threads: int = 0  # 0: all cores of the machine
+    nproc_per_node: int = 1  # training processes per node (torchrun on one node, srun on a cluster)
+    peak_tflops: float = 989.0  # per accelerator, for model FLOPs utilisation (H100 bf16 dense)
 
 
 @dataclass
@@ -112,7 +149,9 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     arms: list[ArmConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] = field(default_factory=lambda: [1])
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # where the recipe came from; set by load(), not by users
     source: str = ""
@@ -372,6 +411,36 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                 total += share
         if arm.mix and not any(_bad_number(s) for s in arm.mix.values()) and abs(total - 1.0) > 1e-6:
             bad(f"{key}.mix", f"shares of arm '{arm.name}' sum to {total:.6g}, not 1")
+    t = recipe.train
+    if t.precision not in ("fp32", "bf16"):
+        bad("train.precision", f"unknown precision '{t.precision}' (fp32, bf16)")
+    if t.schedule not in ("cosine", "wsd", "linear", "constant"):
+        bad("train.schedule", f"unknown schedule '{t.schedule}' (cosine, wsd, linear, constant)")
+    if t.micro_batch_size < 1 or t.global_batch_size % max(1, t.micro_batch_size):
+        bad("train.global_batch_size", f"{t.global_batch_size} is not a multiple of train.micro_batch_size "
+                                       f"{t.micro_batch_size}")
+    for key in ("lr", "min_lr", "weight_decay", "clip_grad"):
+        v = getattr(t, key)
+        if _bad_number(v) or v < 0:
+            bad(f"train.{key}", f"must be a number >= 0, got {v}")
+    if not 0 <= t.warmup_fraction < 1:
+        bad("train.warmup_fraction", f"must be in [0, 1), got {t.warmup_fraction}")
+    for key in ("eval_interval", "save_interval", "keep_last", "log_interval", "eval_samples"):
+        if getattr(t, key) < 1:
+            bad(f"train.{key}", "must be at least 1")
+    if not _bad_number(d.tokens) and d.tokens > 0 and d.tokens < d.seq_length * t.global_batch_size:
+        bad("data.tokens", f"{d.tokens:,} tokens are less than one step of {t.global_batch_size} sequences of "
+                           f"{d.seq_length}")
+    m = recipe.model
+    if m.hidden_size % max(1, m.num_attention_heads):
+        bad("model.hidden_size", f"{m.hidden_size} is not a multiple of model.num_attention_heads "
+                                 f"{m.num_attention_heads}")
+    if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
+        bad("model.num_query_groups", f"{m.num_query_groups} does not divide {m.num_attention_heads} heads")
+    if recipe.wandb.mode not in ("disabled", "offline", "online"):
+        bad("wandb.mode", f"unknown mode '{recipe.wandb.mode}' (disabled, offline, online)")
+    if recipe.profile.nproc_per_node < 1:
+        bad("profile.nproc_per_node", "must be at least 1")
     if not recipe.seeds:
         bad("seeds", "at least one training seed is required")
     if len(set(recipe.seeds)) != len(recipe.seeds):

@@ -16,7 +16,7 @@ import traceback
 
 from harness import stages
 from harness.plan import Plan
-from harness.stages import StageContext
+from harness.stages import StageContext, StageInterrupted
 from harness.store import StageLocked, environment
 
 # megatron.core warns at import that the GPU-only fused kernels are absent; on a CPU that is expected
@@ -24,6 +24,7 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 
 EXIT_FAILED = 1
 EXIT_LOCKED = 3
+EXIT_REQUEUE = 75  # interrupted after saving progress: rerun (or requeue) to resume
 
 
 def _logger(spec_id: str, logfile) -> logging.Logger:
@@ -61,6 +62,9 @@ def run_stage(plan: Plan, stage_id: str) -> int:
             t0, started = time.perf_counter(), time.time()
             try:
                 result = stages.get(spec.kind)().run(ctx)
+            except StageInterrupted as e:
+                log.warning("interrupted: %s", e)
+                return EXIT_REQUEUE
             except Exception as e:
                 log.error("stage failed: %s: %s\n%s", type(e).__name__, e, traceback.format_exc())
                 return EXIT_FAILED

@@ -87,12 +87,33 @@ def build(plans: list[SourcePlan], budget_tokens: int, seq_length: int, split: s
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
+        create_attention_mask=False,  # causal attention without an explicit mask (the same result, cheaper)
         mid_level_dataset_surplus=0.005,
     )
     n_train = math.ceil(budget_tokens / seq_length)
     sizes = [n_train, valid_samples, 0]
     train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
     return train, valid
+
+
+def build_valid(prefix: str, max_samples: int, seq_length: int, split: str, seed: int, cache_dir: str, tokenizer):
+    """Up to `max_samples` samples from the valid split of one source (fewer when the split is smaller: a
+    validation set is never repeated). None when the split holds less than one sample."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    _, lengths = indexed.read_index(prefix + ".idx")
+    lo, hi = split_bounds(split, len(lengths))[1]
+    n = min(max_samples, (int(lengths[lo:hi].sum()) - 1) // seq_length)
+    if n < 1:
+        return None
+    os.makedirs(cache_dir, exist_ok=True)
+    _ensure_process_group(cache_dir)
+    config = GPTDatasetConfig(random_seed=seed, sequence_length=seq_length, blend=([prefix], None), split=split,
+                              path_to_cache=cache_dir, tokenizer=tokenizer, reset_position_ids=False,
+                              reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
+    _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [0, n, 0], lambda: True, config).build()
+    return valid
 
 
 def _ensure_process_group(workdir: str) -> None:

@@ -37,6 +37,10 @@ class StageContext:
     log: logging.Logger
 
 
+class StageInterrupted(Exception):
+    """The stage saved its progress and stopped on request (SIGTERM/SIGUSR1); rerunning it resumes."""
+
+
 class Stage:
     kind: ClassVar[str]
     version: ClassVar[int] = 1
@@ -63,4 +67,4 @@ def get(kind: str) -> type[Stage]:
 
 
 def _load_builtin() -> None:
-    from harness.stages import blend, tokenize  # noqa: F401  (registration on import)
+    from harness.stages import blend, tokenize, train  # noqa: F401  (registration on import)

@@ -1,0 +1,110 @@
+"""Stages `train` (one arm, one seed: a megatron.core pretraining run in its own processes) and `export` (the final
+checkpoint as a transformers LlamaForCausalLM folder with its tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+from harness.data import indexed
+from harness.stages import Stage, StageContext, StageInterrupted, register
+from harness.training import model as mdl
+
+EXIT_REQUEUE = 75
+
+
+def _check_inputs(ctx: StageContext, shape: mdl.ModelShape, blend: dict, gbs: int) -> int:
+    """Bad input stops here, before any model is built."""
+    for s in blend["sources"]:
+        if not indexed.exists(s["prefix"]):
+            raise FileNotFoundError(f"source '{s['name']}': no indexed dataset at {s['prefix']}.bin/.idx")
+        if s["available_tokens"] <= shape.seq_length:
+            raise ValueError(f"source '{s['name']}' has {s['available_tokens']} training tokens: it cannot fill one "
+                             f"sequence of {shape.seq_length}")
+    steps = blend["samples"] // gbs
+    if steps < 1:
+        raise ValueError(f"the blend holds {blend['samples']} samples, less than one global batch of {gbs}")
+    return steps
+
+
+@register
+class TrainStage(Stage):
+    kind = "train"
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg, rt = ctx.spec.config, ctx.spec.runtime
+        tok = ctx.manifests["tokenizer"]["result"]
+        blend = ctx.manifests["blend"]["result"]
+        shape = mdl.shape_from(cfg["model"], tok["vocab_size"], cfg["seq_length"])
+        steps = _check_inputs(ctx, shape, blend, cfg["train"]["global_batch_size"])
+        spec = {
+            "workdir": str(ctx.workdir), "experiment": rt["experiment"], "run_name": rt["run_name"],
+            "seed": cfg["seed"], "steps": steps, "model": shape.__dict__, "train": {**cfg["train"], **rt["train"]},
+            "blend": {**blend, "cache": str(ctx.inputs["blend"] / "cache"), "tokens": blend["tokens"]},
+            "valid": {name[len("valid:"):]: str(ctx.inputs[name] / ctx.manifests[name]["result"]["prefix"])
+                      for name in sorted(ctx.inputs) if name.startswith("valid:")},
+            "tokenizer": {"path": str(ctx.inputs["tokenizer"] / "tokenizer.json"), **tok},
+            "wandb": rt["wandb"], "peak_flops_per_device": rt["peak_tflops"] * 1e12,
+        }
+        spec_path = ctx.workdir / "train_spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        n = rt["nproc_per_node"]
+        ctx.log.info("training %s: %s parameters, %d steps of %d x %d tokens, %d process(es)", rt["run_name"],
+                     f"{shape.parameters():,}", steps, cfg["train"]["global_batch_size"], shape.seq_length, n)
+        worker = ["-m", "harness.training.worker", str(spec_path)]
+        cmd = ([sys.executable, *worker] if n == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *worker])
+        rc = _run_forwarding_signals(cmd, ctx.workdir / "train.log")
+        if rc == EXIT_REQUEUE:
+            raise StageInterrupted(f"training saved a checkpoint and stopped; rerun to resume")
+        if rc != 0:
+            tail = (ctx.workdir / "train.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"training exited with status {rc}:\n" + "\n".join(tail))
+        return json.loads((ctx.workdir / "result.json").read_text())
+
+
+def _run_forwarding_signals(cmd: list[str], logfile) -> int:
+    """Run the training processes, their output to the terminal and to train.log; SIGTERM/SIGUSR1 sent to this
+    stage are passed on, so that they checkpoint and stop."""
+    with open(logfile, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                text=True, bufsize=1)
+        previous = {}
+
+        def forward(signum, frame):
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            previous[sig] = signal.signal(sig, forward)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                sys.stderr.write(line)
+            return proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+@register
+class ExportStage(Stage):
+    kind = "export"
+
+    def run(self, ctx: StageContext) -> dict:
+        from harness.training import export
+
+        train_dir = ctx.inputs["train"]
+        spec = json.loads((train_dir / "train_spec.json").read_text())
+        final = train_dir / ctx.manifests["train"]["result"]["final_checkpoint"]
+        out = ctx.workdir / "hf"
+        export.export(spec, final, out)
+        shutil.copyfile(train_dir / "metrics.jsonl", ctx.workdir / "metrics.jsonl")
+        return {"hf": "hf", "checkpoint": str(final), "parameters": spec["model"]}

@@ -1,0 +1,106 @@
+"""Llama-style GPT models built with megatron.core: RoPE, SwiGLU, RMSNorm, no biases, untied embeddings.
+
+A preset (recipes/models/*.yaml) gives the shape; the vocabulary comes from the recipe's tokenizer, padded up to a
+multiple of `vocab_multiple` as Megatron does for efficient matmuls (the extra rows are never targets).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelShape:
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    ffn_hidden_size: int
+    vocab_size: int  # padded
+    seq_length: int
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def parameters(self) -> int:
+        h, f, v, L = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers
+        kv = self.num_query_groups * self.head_dim
+        per_layer = h * (h + 2 * kv) + h * h + 3 * h * f + 2 * h
+        return L * per_layer + 2 * v * h + h
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), with attention: 6N + 12 L h s."""
+        return 6 * self.parameters() + 12 * self.num_layers * self.hidden_size * self.seq_length
+
+
+def padded_vocab(vocab_size: int, multiple: int) -> int:
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def shape_from(model_cfg: dict, tokenizer_vocab: int, seq_length: int, vocab_multiple: int = 128) -> ModelShape:
+    heads = model_cfg["num_attention_heads"]
+    hidden = model_cfg["hidden_size"]
+    if hidden % heads:
+        raise ValueError(f"model.hidden_size {hidden} is not a multiple of model.num_attention_heads {heads}")
+    groups = model_cfg.get("num_query_groups") or heads
+    if heads % groups:
+        raise ValueError(f"model.num_attention_heads {heads} is not a multiple of model.num_query_groups {groups}")
+    vocab = model_cfg.get("vocab_size") or padded_vocab(tokenizer_vocab, vocab_multiple)
+    if vocab < tokenizer_vocab:
+        raise ValueError(f"model.vocab_size {vocab} is smaller than the tokenizer's vocabulary {tokenizer_vocab}")
+    ffn = model_cfg.get("ffn_hidden_size") or int(math.ceil(8 * hidden / 3 / 64) * 64)
+    return ModelShape(model_cfg["num_layers"], hidden, heads, groups, ffn, vocab, seq_length,
+                      float(model_cfg.get("rotary_base") or 10000.0), float(model_cfg.get("norm_epsilon") or 1e-5),
+                      float(model_cfg.get("init_method_std") or 0.02))
+
+
+def transformer_config(shape: ModelShape, precision: str, on_cpu: bool):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    cpu = dict(use_cpu_initialization=True, gradient_accumulation_fusion=False, bias_activation_fusion=False,
+               bias_dropout_fusion=False, masked_softmax_fusion=False, apply_rope_fusion=False) if on_cpu else {}
+    return TransformerConfig(
+        num_layers=shape.num_layers, hidden_size=shape.hidden_size, num_attention_heads=shape.num_attention_heads,
+        num_query_groups=shape.num_query_groups, ffn_hidden_size=shape.ffn_hidden_size,
+        normalization="RMSNorm", layernorm_epsilon=shape.norm_epsilon, gated_linear_unit=True,
+        activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
+        init_method_std=shape.init_method_std, bf16=precision == "bf16",
+        params_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+        pipeline_dtype=torch.bfloat16 if precision == "bf16" else torch.float32, **cpu)
+
+
+def layer_spec(use_te: bool):
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    if use_te:  # GPU nodes with transformer-engine: its fused layers, same math
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def te_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def build(shape: ModelShape, precision: str = "fp32", on_cpu: bool = True):
+    from megatron.core.models.gpt import GPTModel
+
+    config = transformer_config(shape, precision, on_cpu)
+    model = GPTModel(config=config, transformer_layer_spec=layer_spec(not on_cpu and te_available()),
+                     vocab_size=shape.vocab_size, max_sequence_length=shape.seq_length, pre_process=True,
+                     post_process=True, share_embeddings_and_output_weights=False, position_embedding_type="rope",
+                     rotary_base=int(shape.rotary_base))
+    return model, config

@@ -28,6 +28,10 @@ def megatron_state_dict(spec: dict, checkpoint: Path) -> dict:
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     cpu_compat.apply()
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker, model_parallel_cuda_manual_seed
+
+    if not get_cuda_rng_tracker().get_states():  # attention forks this tracker even without dropout
+        model_parallel_cuda_manual_seed(0)
     shape = mdl.ModelShape(**spec["model"])
     model, _ = mdl.build(shape, "fp32", on_cpu=True)
     state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(checkpoint))

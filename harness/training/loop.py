@@ -126,6 +126,13 @@ class Trainer:
                             clip_grad=tr["clip_grad"], bf16=tr["precision"] == "bf16",
                             params_dtype=torch.bfloat16 if tr["precision"] == "bf16" else torch.float32,
                             use_distributed_optimizer=distopt), [self.model])
+        # What Megatron-LM's training loop wires into the schedule: without finalize_model_grads the data-parallel
+        # gradient all-reduce never happens and every rank trains on its own gradients.
+        from megatron.core.distributed import finalize_model_grads
+
+        config.finalize_model_grads_func = finalize_model_grads
+        config.no_sync_func = self.model.no_sync
+        config.grad_scale_func = self.optimizer.scale_loss
         self.steps = spec["steps"]
         warmup = int(round(tr["warmup_fraction"] * self.steps))
         style = {"cosine": "cosine", "wsd": "WSD", "constant": "constant", "linear": "linear"}[tr["schedule"]]

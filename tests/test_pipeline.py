@@ -19,11 +19,12 @@ def test_run_cache_and_invalidate_one_arm(tmp_path, cli):
     r = base_recipe(tmp_path)
     path = write_recipe(tmp_path / "r.yaml", r)
     code, out = cli("plan", path)
-    assert code == 0 and "5 stages: 0 cached, 5 to run" in out, out
-    for sid in ("tokenizer", "tokenize/web", "tokenize/qa", "blend/base/seed1", "blend/mixed/seed1"):
+    assert code == 0 and "9 stages: 0 cached, 9 to run" in out, out
+    for sid in ("tokenizer", "tokenize/web", "tokenize/qa", "blend/base/seed1", "blend/mixed/seed1",
+                "train/base/seed1", "export/mixed/seed1"):
         assert sid in out
 
-    code, out = cli("run", path)
+    code, out = cli("run", path, "--only", "blend")  # training is tested in test_training.py
     assert code == 0, out
     assert "5 ran" in out
     before = stage_dirs(tmp_path / "runs")
@@ -31,7 +32,7 @@ def test_run_cache_and_invalidate_one_arm(tmp_path, cli):
 
     # every published stage has a complete manifest
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
-    for spec in plan.stages:
+    for spec in plan.stages[:5]:
         m = json.loads((plan.dir(spec) / "manifest.json").read_text())
         assert m["digest"] == spec.digest and m["config"] == spec.config
         assert m["versions"]["megatron-core"] == "0.16.1" and m["host"] and m["timing"]["seconds"] >= 0
@@ -39,26 +40,26 @@ def test_run_cache_and_invalidate_one_arm(tmp_path, cli):
     tok = json.loads((plan.dir(plan.by_id("tokenize/web")) / "manifest.json").read_text())["result"]
     assert tok["documents"] == 600 and tok["tokens"] > 0 and tok["malformed"] == 0
 
-    code, out = cli("run", path)
-    assert code == 0 and "nothing to run" in out and "all 5 stages" in out
+    code, out = cli("run", path, "--only", "blend")
+    assert code == 0 and "nothing to run" in out and "all 2 stages" in out
 
     # change one arm's shares: only that arm's blend runs again
     r["arms"][1]["mix"] = {"web": 0.6, "qa": 0.4}
     write_recipe(path, r)
     code, out = cli("plan", path)
-    assert "5 stages: 4 cached, 1 to run" in out, out
-    code, out = cli("run", path)
-    assert code == 0 and "1 ran, 4 cached" in out, out
+    assert "9 stages: 4 cached, 5 to run" in out, out  # the mixed arm's blend, and the training never run
+    code, out = cli("run", path, "--only", "blend")
+    assert code == 0 and "1 ran, 1 cached" in out, out
     after = stage_dirs(tmp_path / "runs")
     assert before < after and len(after - before) == 1
 
     # a second experiment over the same corpus reuses the tokenizer and tokenized corpus
     # (an arm with the same mixture and budget is the same blend: nothing runs at all)
     r2 = dict(r, experiment="other", arms=[{"name": "solo", "mix": {"web": 1.0}}])
-    code, out = cli("run", write_recipe(tmp_path / "r2.yaml", r2))
-    assert code == 0 and "nothing to run: all 3 stages of 'other' are cached" in out, out
-    code, out = cli("run", tmp_path / "r2.yaml", "data.tokens=30000")
-    assert code == 0 and "1 ran, 2 cached" in out, out
+    code, out = cli("run", write_recipe(tmp_path / "r2.yaml", r2), "--only", "blend")
+    assert code == 0 and "nothing to run: all 1 stages of 'other' are cached" in out, out
+    code, out = cli("run", tmp_path / "r2.yaml", "data.tokens=30000", "--only", "blend")
+    assert code == 0 and "1 ran, 0 cached" in out, out
 
     code, out = cli("ls", "--store", tmp_path / "runs")
     assert "toy" in out and "other" in out
@@ -70,7 +71,7 @@ def test_blend_realises_shares_and_is_deterministic(tmp_path, cli):
     r = base_recipe(tmp_path, seeds=[1, 2])
     r["data"]["vary_order_with_seed"] = True
     path = write_recipe(tmp_path / "r.yaml", r)
-    assert cli("run", path)[0] == 0
+    assert cli("run", path, "--only", "blend")[0] == 0
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
     m1 = json.loads((plan.dir(plan.by_id("blend/mixed/seed1")) / "blend.json").read_text())
     shares = {s["name"]: s["realised_share"] for s in m1["sources"]}
@@ -105,7 +106,7 @@ def test_too_many_epochs_refused_with_amount(tmp_path, cli):
     r["data"]["tokens"] = 300_000  # qa (~30k tokens) at 30% would be repeated ~3x; web (~130k) at 70% 1.6x
     r["data"]["max_epochs"] = 1.5
     path = write_recipe(tmp_path / "r.yaml", r)
-    code, out = cli("run", path)
+    code, out = cli("run", path, "--only", "blend")
     assert code == 1
     flat = " ".join(out.split())
     assert "failed blend/mixed/seed1" in flat and "would be repeated" in flat and "add at least" in flat
@@ -120,7 +121,7 @@ def test_failing_stage_stops_dependents_and_shows_log(tmp_path, cli):
     r["tokenizer"]["train_on"] = ["web"]
     r["arms"].append({"name": "withjunk", "mix": {"web": 0.5, "junk": 0.5}})
     path = write_recipe(tmp_path / "r.yaml", r)
-    code, out = cli("run", path)
+    code, out = cli("run", path, "--only", "blend")
     assert code == 1
     flat = " ".join(out.split())
     assert "failed tokenize/junk" in flat and "no valid document" in flat and "junk.jsonl:1: missing field" in flat
@@ -163,8 +164,18 @@ def test_moved_corpus_is_still_a_cache_hit(tmp_path, cli):
         (tmp_path / "corpora" / f"{name}.jsonl").rename(tmp_path / "moved" / f"{name}.jsonl")
     r["corpora"] = {"web": {"paths": ["moved/web.jsonl"]}, "qa": {"paths": ["moved/qa.jsonl"]}}
     code, out = cli("plan", write_recipe(path, r))
-    assert "3 cached" in out, out
+    assert "9 stages: 3 cached" in out, out
     # but a changed corpus is not
     write_jsonl(tmp_path / "moved" / "qa.jsonl", make_docs(300, seed=99, mean_words=60))
     code, out = cli("plan", path)
-    assert "2 cached" in out, out
+    assert "9 stages: 2 cached" in out, out
+
+
+def test_quickstart_recipe_validates_and_plans(cli):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+    code, out = cli("plan", recipe, "--store", "/tmp/harness-test-plan-only")
+    assert code == 0, out
+    for sid in ("tokenizer", "tokenize/sotu", "blend/baseline/seed1", "train/baseline/seed2", "export/baseline/seed1"):
+        assert sid in out

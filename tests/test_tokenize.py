@@ -150,3 +150,24 @@ def test_sigkill_midway_then_rerun_is_byte_identical(tmp_path, bpe):
     assert (tmp_path / "killed.bin").read_bytes() == (tmp_path / "ref.bin").read_bytes()
     assert (tmp_path / "killed.idx").read_bytes() == (tmp_path / "ref.idx").read_bytes()
     assert not (tmp_path / "killed.partial").exists()
+
+
+def test_50mb_corpus_with_a_bad_line(tmp_path, cli, bpe):
+    docs = [json.dumps({"text": d}) for d in make_docs(2000, seed=12)]
+    block = "\n".join(docs) + "\n"
+    reps = int(50e6 // len(block)) + 1
+    with open(tmp_path / "big.jsonl", "w") as f:
+        for r in range(reps):
+            f.write(block)
+            if r == reps // 2:
+                f.write('{"text": "truncated record\n')
+    assert (tmp_path / "big.jsonl").stat().st_size >= 50e6
+    bad_line = (reps // 2 + 1) * 2000 + 1
+    code, out = cli("tokenize", tmp_path / "big.jsonl", "--tokenizer", bpe, "-o", tmp_path / "out",
+                    "--shard-bytes", 16 * 2**20)
+    assert code == 0, out
+    assert f"big.jsonl:{bad_line}: invalid json" in " ".join(out.split())
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert summary["documents"] == reps * 2000 and summary["malformed"] == 1
+    _, ds = read_megatron(tmp_path / "out")
+    assert len(ds) == reps * 2000

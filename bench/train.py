@@ -1,0 +1,127 @@
+"""Training benchmark: tokens/s of the harness's training loop against a bare megatron.core loop (the same model,
+DDP, optimizer and schedule, fed random tokens already in memory) on the same config in the same run, then the
+harness with one process against two gloo processes.
+
+    python bench/train.py [--steps 60] [--repeat 2]
+
+Each measurement is a fresh process; rates are medians over steady-state logging windows (the first is dropped).
+Targets: harness / bare >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BARE = r"""
+import json, sys, time, statistics, warnings
+warnings.filterwarnings("ignore")
+import torch
+
+def main():
+    spec = json.load(open(sys.argv[1])); steps = int(sys.argv[2])
+    import torch.distributed as dist
+    dist.init_process_group("gloo", store=dist.FileStore(sys.argv[3], 1), rank=0, world_size=1)
+    from megatron.core import parallel_state
+    parallel_state.initialize_model_parallel(1, 1)
+    from harness.training import cpu_compat, model as mdl   # the CPU device redirection is needed by both
+    cpu_compat.apply()
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    torch.manual_seed(1); model_parallel_cuda_manual_seed(1)
+    shape = mdl.ModelShape(**spec["model"]); tr = spec["train"]
+    model, config = mdl.build(shape)
+    model = DistributedDataParallel(config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
+    opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=tr["lr"], weight_decay=tr["weight_decay"],
+                                                 clip_grad=tr["clip_grad"]), [model])
+    config.finalize_model_grads_func = finalize_model_grads
+    mbs, gbs, s = tr["micro_batch_size"], tr["global_batch_size"], shape.seq_length
+    n_micro = gbs // mbs
+    data = torch.randint(0, spec["tokenizer"]["vocab_size"], (steps * gbs, s + 1))
+    pos = torch.arange(s).unsqueeze(0).expand(mbs, -1)
+    def fwd(it, m):
+        b = next(it)
+        out = m(b[:, :-1], pos, None, labels=b[:, 1:])
+        return out, lambda o: (o.float().mean(), {"lm loss": o.float().mean().detach().clone()})
+    fb = get_forward_backward_func()
+    rates = []
+    for step in range(steps):
+        t = time.perf_counter()
+        model.zero_grad_buffer(); opt.zero_grad()
+        batch = data[step * gbs:(step + 1) * gbs]
+        fb(forward_step_func=fwd, data_iterator=iter(batch.split(mbs)), model=[model], num_microbatches=n_micro,
+           seq_length=s, micro_batch_size=mbs, forward_only=False)
+        opt.step()
+        rates.append(gbs * s / (time.perf_counter() - t))
+    print(json.dumps({"tokens_per_s": rates}))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def harness_rate(recipe: Path, store: Path, nproc: int) -> float:
+    res = subprocess.run([sys.executable, "-m", "harness", "run", str(recipe), "--store", str(store), "--only", "train",
+                          f"profile.nproc_per_node={nproc}"], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(res.stderr[-3000:])
+    mfile = next(store.glob("_stages/train/*/metrics.jsonl"))
+    rates = [json.loads(l)["tokens_per_s"] for l in mfile.read_text().splitlines() if "tokens_per_s" in l]
+    return statistics.median(rates[1:] or rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    quick = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        recipe = dict(quick)
+        recipe["corpora"] = {"sotu": {"paths": [str(ROOT / ".cache" / "assets" / "sotu.jsonl")]}}
+        recipe["arms"] = [{"name": "baseline", "mix": {"sotu": 1.0}}]
+        recipe["seeds"] = [1]
+        recipe["data"] = {**quick["data"], "tokens": args.steps * 32 * 256}
+        recipe["train"] = {**quick.get("train", {}), "log_interval": 5, "eval_interval": 10**6,
+                           "save_interval": 10**6}
+        recipe.pop("synthetic", None)
+        path = tmp / "bench.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        rates: dict[str, list[float]] = {"harness, 1 process": [], "bare megatron.core loop": [],
+                                         "harness, 2 processes": []}
+        for r in range(args.repeat):
+            store = tmp / f"store{r}"
+            rates["harness, 1 process"].append(harness_rate(path, store, 1))
+            spec = next(store.glob("_stages/train/*/train_spec.json"))
+            res = subprocess.run([sys.executable, "-c", BARE, str(spec), str(args.steps), str(tmp / f"pg{r}")],
+                                 capture_output=True, text=True, cwd=ROOT)
+            if res.returncode != 0:
+                sys.exit(res.stderr[-3000:])
+            bare = json.loads(res.stdout.strip().splitlines()[-1])["tokens_per_s"]
+            rates["bare megatron.core loop"].append(statistics.median(bare[5:]))
+            rates["harness, 2 processes"].append(harness_rate(path, tmp / f"store2p{r}", 2))
+        best = {k: max(v) for k, v in rates.items()}
+        shape = json.loads(spec.read_text())["model"]
+        print(f"model: {shape['num_layers']} layers, hidden {shape['hidden_size']}, seq {shape['seq_length']}, "
+              f"vocab {shape['vocab_size']}; {args.steps} steps of 32 x 256 tokens")
+        for k, v in best.items():
+            print(f"  {k:<26} {v:9,.0f} tokens/s")
+        print(f"ratio harness / bare megatron.core loop       {best['harness, 1 process'] / best['bare megatron.core loop']:.3f}"
+              "  (target >= 0.95)")
+        print(f"ratio 2 processes / 1 process                 {best['harness, 2 processes'] / best['harness, 1 process']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

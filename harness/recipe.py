@@ -135,7 +135,11 @@ class ProfileConfig:
 
 @dataclass
 class EvalConfig:
-    suite: str = "offline"
+    suite: str = "offline"  # evals/<suite>.yaml
+    tasks: list[str] = field(default_factory=lambda: ["offline_seeded", "offline_held_out"])  # lm-eval tasks/groups
+    limit: Optional[int] = None  # items per task (None: all)
+    num_fewshot: int = 0
+    batch_size: int = 32
 
 
 @dataclass
@@ -437,6 +441,13 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                                  f"{m.num_attention_heads}")
     if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
         bad("model.num_query_groups", f"{m.num_query_groups} does not divide {m.num_attention_heads} heads")
+    e = recipe.eval
+    if not (REPO_RECIPES.parent / "evals" / f"{e.suite}.yaml").is_file():
+        bad("eval.suite", f"no suite '{e.suite}' (evals/{e.suite}.yaml)")
+    if not e.tasks:
+        bad("eval.tasks", "at least one task or group is required")
+    if e.limit is not None and e.limit < 1:
+        bad("eval.limit", "must be at least 1 (or null for every item)")
     if recipe.wandb.mode not in ("disabled", "offline", "online"):
         bad("wandb.mode", f"unknown mode '{recipe.wandb.mode}' (disabled, offline, online)")
     if recipe.profile.nproc_per_node < 1:

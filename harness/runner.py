@@ -58,7 +58,7 @@ def run_stage(plan: Plan, stage_id: str) -> int:
             partial.mkdir(parents=True, exist_ok=True)
             log = _logger(stage_id, partial / "log.txt")
             ctx = StageContext(spec, partial, {n: plan.dir(d) for n, d in deps.items()},
-                               {n: store.manifest(d.kind, d.digest) for n, d in deps.items()}, log)
+                               {n: store.manifest(d.kind, d.digest) for n, d in deps.items()}, log, plan.dir(spec))
             t0, started = time.perf_counter(), time.time()
             try:
                 result = stages.get(spec.kind)().run(ctx)

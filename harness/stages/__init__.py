@@ -35,6 +35,7 @@ class StageContext:
     inputs: dict[str, Path]
     manifests: dict[str, dict]
     log: logging.Logger
+    final_dir: Path = Path()  # where workdir will be published (for outputs that must name their final paths)
 
 
 class StageInterrupted(Exception):
@@ -67,4 +68,4 @@ def get(kind: str) -> type[Stage]:
 
 
 def _load_builtin() -> None:
-    from harness.stages import blend, tokenize, train  # noqa: F401  (registration on import)
+    from harness.stages import blend, evaluate, tokenize, train  # noqa: F401  (registration on import)

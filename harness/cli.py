@@ -104,6 +104,32 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
         raise typer.Exit(1)
 
 
+@app.command()
+def report(experiment: str = typer.Argument(..., help="an experiment name in the store, or a recipe file"),
+           store: Optional[Path] = STORE):
+    """Compare every arm with the baseline and the controls: tables (Markdown, LaTeX), CSV/JSON and plots."""
+    import yaml
+
+    from harness.plan import Plan
+    from harness.report.build import ReportError, build
+    from harness.store import Store
+
+    if experiment.endswith((".yaml", ".yml")) and Path(experiment).is_file():
+        r = _load(Path(experiment), [])
+        experiment, store = r.experiment, store or Path(r.store)
+    st = Store(store or "runs")
+    exp = st.experiment_dir(experiment)
+    if not (exp / "plan.json").is_file():
+        _fail(f"no experiment '{experiment}' in {st.root} (known: {', '.join(st.experiments()) or 'none'})")
+    recipe = yaml.safe_load((exp / "recipe.yaml").read_text())
+    try:
+        build(Plan.load(exp / "plan.json"), recipe, exp / "report", n_boot=recipe.get("report", {}).get("bootstrap", 2000))
+    except ReportError as e:
+        _fail(str(e))
+    out.print((exp / "report" / "report.md").read_text(), markup=False, highlight=False)
+    out.print(f"written: {exp / 'report'} (report.md, *.tex, comparisons.csv, results.json, *.png)")
+
+
 @app.command("run-stage", hidden=True)
 def run_stage(plan_path: Path = typer.Option(..., "--plan"), stage: str = typer.Option(..., "--stage")):
     """Run one stage of a saved plan (what every executor launches)."""

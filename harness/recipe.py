@@ -118,6 +118,13 @@ class TrainConfig:
 
 
 @dataclass
+class ReportConfig:
+    baseline: str = "baseline"  # the arm every other arm is compared with
+    controls: list[str] = field(default_factory=list)  # further reference arms (e.g. the unseeded Q&A control)
+    bootstrap: int = 2000  # bootstrap replicates for the intervals
+
+
+@dataclass
 class WandbConfig:
     mode: str = "disabled"  # disabled | offline | online
     project: str = "task-seeded"
@@ -156,6 +163,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] = field(default_factory=lambda: [1])
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # where the recipe came from; set by load(), not by users
     source: str = ""
@@ -448,6 +456,13 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("eval.tasks", "at least one task or group is required")
     if e.limit is not None and e.limit < 1:
         bad("eval.limit", "must be at least 1 (or null for every item)")
+    arm_names = [a.name for a in recipe.arms]
+    for key, who in [("report.baseline", recipe.report.baseline)] + [("report.controls", c)
+                                                                    for c in recipe.report.controls]:
+        if who not in arm_names:
+            bad(key, f"no arm named '{who}'{_did_you_mean(who, arm_names)}")
+    if recipe.report.bootstrap < 100:
+        bad("report.bootstrap", "use at least 100 replicates")
     if recipe.wandb.mode not in ("disabled", "offline", "online"):
         bad("wandb.mode", f"unknown mode '{recipe.wandb.mode}' (disabled, offline, online)")
     if recipe.profile.nproc_per_node < 1:

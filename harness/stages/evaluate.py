@@ -77,11 +77,12 @@ class EvalStage(Stage):
         if unknown:
             raise ValueError(f"eval.tasks: unknown task or group {unknown} (known: {sorted(tm.all_tasks)})")
         ctx.log.info("evaluating %s on %s (limit %s)", hf_dir, ", ".join(cfg["tasks"]), cfg["limit"])
-        res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
-                                      tasks=list(cfg["tasks"]), task_manager=tm, num_fewshot=cfg["num_fewshot"],
-                                      limit=cfg["limit"], batch_size=ctx.spec.runtime["batch_size"],
-                                      device=ctx.spec.runtime.get("device", "cpu"), log_samples=True,
-                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        try:
+            res = self._evaluate(lm_eval, cfg, tm, hf_dir, ctx)
+        except AssertionError as e:  # lm-eval asserts that every answer fits in the model's context
+            seq = json.loads((hf_dir / "config.json").read_text())["max_position_embeddings"]
+            raise ValueError(f"an answer in {cfg['tasks']} is longer than the model's context of {seq} tokens; "
+                             f"raise data.seq_length or use a tokenizer with a larger vocabulary") from e
         samples_dir = ctx.workdir / "samples"
         samples_dir.mkdir()
         per_task = {}
@@ -102,3 +103,11 @@ class EvalStage(Stage):
                       "configs": res.get("configs"), "group_subtasks": res.get("group_subtasks")}
         (ctx.workdir / "lm_eval_results.json").write_text(json.dumps(lm_results, indent=2, default=str))
         return {"tasks": per_task, "samples": "samples"}
+
+    @staticmethod
+    def _evaluate(lm_eval, cfg, tm, hf_dir, ctx):
+        return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
+                                      tasks=list(cfg["tasks"]), task_manager=tm, num_fewshot=cfg["num_fewshot"],
+                                      limit=cfg["limit"], batch_size=ctx.spec.runtime["batch_size"],
+                                      device=ctx.spec.runtime.get("device", "cpu"), log_samples=True,
+                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)

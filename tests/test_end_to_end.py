@@ -1,0 +1,90 @@
+"""A whole small ablation through the local executor: tokenizer, tokenize, blend, train (2 arms x 2 seeds),
+export, lm-eval on the offline suite, report; W&B in offline mode."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import base_recipe, write_recipe
+from harness.plan import Plan
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    r = base_recipe(tmp, seeds=[1, 2],
+                    train={"micro_batch_size": 4, "global_batch_size": 8, "lr": 3e-3, "min_lr": 3e-4,
+                           "eval_interval": 20, "eval_samples": 8, "save_interval": 1000},
+                    eval={"suite": "offline", "tasks": ["offline_arc_easy", "offline_sciq"], "limit": 30},
+                    report={"baseline": "base"}, wandb={"mode": "offline", "project": "test"})
+    r["data"].update(tokens=25_600, seq_length=128)
+    r["tokenizer"]["vocab_size"] = 2000
+    path = write_recipe(tmp / "r.yaml", r)
+    res = subprocess.run([sys.executable, "-m", "harness", "run", str(path)], capture_output=True, text=True,
+                         env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    return tmp, path
+
+
+def test_every_stage_published_and_rerun_does_nothing(ablation, cli):
+    tmp, path = ablation
+    plan = Plan.load(tmp / "runs" / "toy" / "plan.json")
+    assert all(plan.is_cached(s) for s in plan.stages)
+    code, out = cli("run", path)
+    assert code == 0 and "nothing to run" in out
+
+
+def test_eval_results_and_samples(ablation):
+    tmp, _ = ablation
+    plan = Plan.load(tmp / "runs" / "toy" / "plan.json")
+    spec = plan.by_id("eval/mixed/seed2")
+    m = plan.store.manifest(spec.kind, spec.digest)["result"]
+    assert set(m["tasks"]) == {"offline_arc_easy", "offline_sciq"}
+    assert all(t["n"] == 30 for t in m["tasks"].values())
+    rows = [json.loads(l) for l in (plan.dir(spec) / "samples" / "offline_sciq.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and all(len(r["loglik"]) == 4 and r["gold_bpb"] > 0 for r in rows)
+    # acc is the argmax of the log-likelihoods, as lm-eval computes it
+    assert all(r["acc"] == float(max(range(4), key=lambda i: r["loglik"][i]) == r["gold"]) for r in rows)
+    lm = json.loads((plan.dir(spec) / "lm_eval_results.json").read_text())
+    assert "offline_sciq" in lm["results"] and lm["versions"]["offline_sciq"] == 1.0
+
+
+def test_report_tables_csv_latex_plots(ablation, cli):
+    tmp, path = ablation
+    code, out = cli("report", "toy", "--store", tmp / "runs")
+    assert code == 0, out
+    rep = tmp / "runs" / "toy" / "report"
+    md = (rep / "acc_vs_base.md").read_text()
+    assert "| base (reference) |" in md and "| mixed |" in md and "[" in md
+    assert "held_out" in md and "average" in md
+    tex = (rep / "acc_norm_vs_base.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\bottomrule" in tex
+    results = json.loads((rep / "results.json").read_text())
+    d = results["comparisons"]["acc_vs_base"]["mixed"]["average"]
+    assert d["low"] <= d["delta"] <= d["high"]
+    assert (rep / "metric_vs_share.png").stat().st_size > 1000 and (rep / "training_loss.png").stat().st_size > 1000
+    csv_text = (rep / "comparisons.csv").read_text()
+    assert csv_text.startswith("metric,arm,reference,task") and "gold_bpb,mixed,base,sciq" in csv_text
+    tokens = results["tokens"]["mixed"]
+    assert abs(tokens["qa"]["share"] - 0.3) < 0.05
+
+
+def test_wandb_offline_runs_written(ablation):
+    tmp, _ = ablation
+    runs = list((tmp / "runs" / "_stages" / "train").glob("*/wandb/offline-run-*"))
+    assert len(runs) == 4, runs
+
+
+def test_report_refuses_missing_evaluation(tmp_path, ablation, cli):
+    tmp, path = ablation
+    # a third arm that has not been run: the report must say so, not print a partial table
+    r = json.loads(json.dumps(__import__("yaml").safe_load(path.read_text())))
+    r["arms"].append({"name": "extra", "mix": {"web": 0.5, "qa": 0.5}})
+    path2 = write_recipe(tmp / "r2.yaml", r)
+    code, out = cli("run", path2, "--only", "blend/extra")
+    assert code == 0, out
+    code, out = cli("report", "toy", "--store", tmp / "runs")
+    assert code == 2
+    assert "arm 'extra' seed 1: no evaluation yet (stage eval/extra/seed1 has not run)" in " ".join(out.split())

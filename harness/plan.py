@@ -100,13 +100,21 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
     # one tokenized dataset per source that some arm uses
     used = [s for s in list(recipe.corpora) + list(recipe.synthetic)
             if any(arm.mix.get(s, 0) > 0 for arm in recipe.arms)]
+    run_opts = {"shard_bytes": recipe.data.shard_bytes, "workers": prof.workers, "threads": prof.threads}
     for name in used:
         if name in recipe.corpora:
             files, opts = corpus_files(name)
             stages.append(StageSpec(f"tokenize/{name}", "tokenize", {"files": store.fingerprint(files), **opts},
-                                    {"files": files, **opts, "shard_bytes": recipe.data.shard_bytes,
-                                     "workers": prof.workers, "threads": prof.threads},
-                                    {"tokenizer": "tokenizer"}))
+                                    {"files": files, **opts, **run_opts}, {"tokenizer": "tokenizer"}))
+            continue
+        syn = recipe.synthetic[name]
+        stages.append(StageSpec(f"seeds/{name}", "seeds", {"tasks": list(syn.tasks), "per_task_cap": syn.per_task_cap,
+                                                           "sample_seed": syn.seed}, {}, {"suite": "suite"}))
+        stages.append(StageSpec(f"render/{name}", "render", {"layout": syn.layout, "items_per_doc": syn.items_per_doc,
+                                                             "seed": syn.seed}, {}, {"items": f"seeds/{name}"}))
+        opts = {"format": "jsonl", "text_field": "text"}
+        stages.append(StageSpec(f"tokenize/{name}", "tokenize", opts, {**opts, **run_opts},
+                                {"tokenizer": "tokenizer", "source": f"render/{name}"}))
 
     # one blend per arm and training seed (seeds that share a data order share the output)
     d = recipe.data
@@ -123,7 +131,7 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
     model_cfg = {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
     train = rcp.to_dict(recipe.train)
     runtime_train = {k: train.pop(k) for k in ("save_interval", "keep_last", "log_interval")}  # not in the result
-    valid_deps = {f"valid:{s}": f"tokenize/{s}" for s in used if s in recipe.corpora}
+    valid_deps = {f"valid:{s}": f"tokenize/{s}" for s in used}
     for arm in recipe.arms:
         for seed in recipe.seeds:
             tid = f"train/{arm.name}/seed{seed}"

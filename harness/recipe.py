@@ -46,9 +46,16 @@ class CorpusConfig:
 
 @dataclass
 class SyntheticConfig:
-    """A synthetic data set that an arm can name as a source. Its kinds are registered by the generation stages."""
+    """A synthetic data set that an arm can name as a source.
+
+    kind seed_render: the train-split seeds of `tasks` rendered as text, no LLM (the seed-rendering control)."""
 
     kind: str = "???"
+    tasks: list[str] = field(default_factory=lambda: ["offline_seeded"])  # lm-eval tasks or groups (train splits)
+    per_task_cap: Optional[int] = 2000  # seeds per task, sampled (None: all)
+    layout: str = "qa"  # qa | mc
+    items_per_doc: int = 8
+    seed: int = 0
 
 
 @dataclass
@@ -172,7 +179,7 @@ class Recipe:
 # Sections that may be given as a name; the name is looked up as recipes/<folder>/<name>.yaml.
 INCLUDES = {"profile": "profiles", "model": "models"}
 # Registered synthetic kinds are added by the generation package; an empty registry refuses every synthetic set.
-SYNTHETIC_KINDS: dict[str, str] = {}
+SYNTHETIC_KINDS: dict[str, str] = {"seed_render": "train-split seeds rendered as text, no LLM"}
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -369,6 +376,10 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         if s.kind not in SYNTHETIC_KINDS:
             known = ", ".join(sorted(SYNTHETIC_KINDS)) or "none are available in this version"
             bad(f"synthetic.{name}.kind", f"unknown synthetic kind '{s.kind}' ({known})")
+        if s.layout not in ("qa", "mc"):
+            bad(f"synthetic.{name}.layout", f"unknown layout '{s.layout}' (qa, mc)")
+        if s.items_per_doc < 1 or (s.per_task_cap is not None and s.per_task_cap < 1):
+            bad(f"synthetic.{name}", "items_per_doc and per_task_cap must be at least 1")
 
     tok = recipe.tokenizer
     if tok.kind not in ("bpe", "hf"):

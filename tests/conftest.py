@@ -63,6 +63,7 @@ def base_recipe(tmp_path: Path, **extra) -> dict:
         "arms": [{"name": "base", "mix": {"web": 1.0}}, {"name": "mixed", "mix": {"web": 0.7, "qa": 0.3}}],
         "model": "tiny",
         "seeds": [1],
+        "report": {"baseline": "base"},
     }
     r.update(extra)
     return r

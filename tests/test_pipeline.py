@@ -19,7 +19,7 @@ def test_run_cache_and_invalidate_one_arm(tmp_path, cli):
     r = base_recipe(tmp_path)
     path = write_recipe(tmp_path / "r.yaml", r)
     code, out = cli("plan", path)
-    assert code == 0 and "9 stages: 0 cached, 9 to run" in out, out
+    assert code == 0 and "12 stages: 0 cached, 12 to run" in out, out
     for sid in ("tokenizer", "tokenize/web", "tokenize/qa", "blend/base/seed1", "blend/mixed/seed1",
                 "train/base/seed1", "export/mixed/seed1"):
         assert sid in out
@@ -32,7 +32,9 @@ def test_run_cache_and_invalidate_one_arm(tmp_path, cli):
 
     # every published stage has a complete manifest
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
-    for spec in plan.stages[:5]:
+    published = [s for s in plan.stages if plan.is_cached(s)]
+    assert [s.kind for s in published] == ["tokenizer", "tokenize", "tokenize", "blend", "blend"]
+    for spec in published:
         m = json.loads((plan.dir(spec) / "manifest.json").read_text())
         assert m["digest"] == spec.digest and m["config"] == spec.config
         assert m["versions"]["megatron-core"] == "0.16.1" and m["host"] and m["timing"]["seconds"] >= 0
@@ -47,7 +49,7 @@ def test_run_cache_and_invalidate_one_arm(tmp_path, cli):
     r["arms"][1]["mix"] = {"web": 0.6, "qa": 0.4}
     write_recipe(path, r)
     code, out = cli("plan", path)
-    assert "9 stages: 4 cached, 5 to run" in out, out  # the mixed arm's blend, and the training never run
+    assert "12 stages: 4 cached, 8 to run" in out, out  # the mixed blend; suite, training, eval never run
     code, out = cli("run", path, "--only", "blend")
     assert code == 0 and "1 ran, 1 cached" in out, out
     after = stage_dirs(tmp_path / "runs")
@@ -55,7 +57,7 @@ def test_run_cache_and_invalidate_one_arm(tmp_path, cli):
 
     # a second experiment over the same corpus reuses the tokenizer and tokenized corpus
     # (an arm with the same mixture and budget is the same blend: nothing runs at all)
-    r2 = dict(r, experiment="other", arms=[{"name": "solo", "mix": {"web": 1.0}}])
+    r2 = dict(r, experiment="other", arms=[{"name": "solo", "mix": {"web": 1.0}}], report={"baseline": "solo"})
     code, out = cli("run", write_recipe(tmp_path / "r2.yaml", r2), "--only", "blend")
     assert code == 0 and "nothing to run: all 1 stages of 'other' are cached" in out, out
     code, out = cli("run", tmp_path / "r2.yaml", "data.tokens=30000", "--only", "blend")
@@ -134,7 +136,7 @@ def test_failing_stage_stops_dependents_and_shows_log(tmp_path, cli):
 def test_only_and_dry_run(tmp_path, cli):
     path = write_recipe(tmp_path / "r.yaml", base_recipe(tmp_path))
     code, out = cli("run", path, "--dry-run")
-    assert code == 0 and "would run: tokenizer, tokenize/web, tokenize/qa" in " ".join(out.split())
+    assert code == 0 and "would run: tokenizer, suite, tokenize/web, tokenize/qa" in " ".join(out.split())
     assert not stage_dirs(tmp_path / "runs") and not (tmp_path / "runs" / "toy").exists()
     code, out = cli("run", path, "--only", "tokenize/web")
     assert code == 0 and "2 ran" in out  # the tokenizer it needs, then itself
@@ -164,11 +166,11 @@ def test_moved_corpus_is_still_a_cache_hit(tmp_path, cli):
         (tmp_path / "corpora" / f"{name}.jsonl").rename(tmp_path / "moved" / f"{name}.jsonl")
     r["corpora"] = {"web": {"paths": ["moved/web.jsonl"]}, "qa": {"paths": ["moved/qa.jsonl"]}}
     code, out = cli("plan", write_recipe(path, r))
-    assert "9 stages: 3 cached" in out, out
+    assert "12 stages: 3 cached" in out, out
     # but a changed corpus is not
     write_jsonl(tmp_path / "moved" / "qa.jsonl", make_docs(300, seed=99, mean_words=60))
     code, out = cli("plan", path)
-    assert "9 stages: 2 cached" in out, out
+    assert "12 stages: 2 cached" in out, out
 
 
 def test_quickstart_recipe_validates_and_plans(cli):
@@ -179,3 +181,35 @@ def test_quickstart_recipe_validates_and_plans(cli):
     assert code == 0, out
     for sid in ("tokenizer", "tokenize/sotu", "blend/baseline/seed1", "train/baseline/seed2", "export/baseline/seed1"):
         assert sid in out
+
+
+def test_seed_render_source_from_train_splits(tmp_path, cli):
+    r = base_recipe(tmp_path)
+    r["synthetic"] = {"seedqa": {"kind": "seed_render", "tasks": ["offline_arc_easy", "offline_winogrande"],
+                                 "per_task_cap": 300, "layout": "mc", "items_per_doc": 4}}
+    r["arms"].append({"name": "seeded", "mix": {"web": 0.8, "seedqa": 0.2}})
+    path = write_recipe(tmp_path / "r.yaml", r)
+    code, out = cli("run", path, "--only", "blend/seeded")
+    assert code == 0, out
+    plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
+    seeds_dir = plan.dir(plan.by_id("seeds/seedqa"))
+    seeds = [json.loads(l) for l in (seeds_dir / "seeds.jsonl").read_text().splitlines()]
+    assert len(seeds) == 600 and {s["task"] for s in seeds} == {"offline_arc_easy", "offline_winogrande"}
+    assert all(s["split"] == "train" and "/train/" in s["seed_id"] for s in seeds), "seeds come from train splits only"
+    arc = next(s for s in seeds if s["task"] == "offline_arc_easy")
+    assert arc["choices"][arc["answer_index"]] == arc["answer_text"] and not arc["question"].startswith("Question:")
+    m = plan.store.manifest("seeds", plan.by_id("seeds/seedqa").digest)["result"]
+    assert m["per_task"]["offline_arc_easy"] == {"train_docs": 2251, "seeds": 300}
+    docs = [json.loads(l)["text"] for l in (plan.dir(plan.by_id("render/seedqa")) / "data.jsonl").read_text().splitlines()]
+    assert len(docs) == 150 and docs[0].count("Question:") == 4 and "\nA. " in docs[0]
+    blend = json.loads((plan.dir(plan.by_id("blend/seeded/seed1")) / "blend.json").read_text())
+    assert abs({s["name"]: s["realised_share"] for s in blend["sources"]}["seedqa"] - 0.2) < 0.01
+
+
+def test_task_without_train_split_cannot_seed(tmp_path, cli):
+    r = base_recipe(tmp_path)
+    r["synthetic"] = {"seedqa": {"kind": "seed_render", "tasks": ["offline_sciq"]}}
+    r["arms"].append({"name": "seeded", "mix": {"web": 0.8, "seedqa": 0.2}})
+    code, out = cli("run", write_recipe(tmp_path / "r.yaml", r), "--only", "seeds")
+    assert code == 1
+    assert "tasks without a training split cannot seed: ['offline_sciq']" in " ".join(out.split())

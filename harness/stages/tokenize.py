@@ -49,7 +49,9 @@ class TokenizeStage(Stage):
     def run(self, ctx: StageContext) -> dict:
         rt = ctx.spec.runtime
         tok = ctx.manifests["tokenizer"]["result"]
-        shards = plan_shards(rt["files"], rt["format"], rt["shard_bytes"])
+        files = rt.get("files") or [str(ctx.inputs["source"] / ctx.manifests["source"]["result"]["file"])]
+        rt = {**rt, "files": files}
+        shards = plan_shards(files, rt["format"], rt["shard_bytes"])
         job = tk.TokenizeJob(str(ctx.inputs["tokenizer"] / "tokenizer.json"), tok["eod_id"], tok["vocab_size"],
                              rt["text_field"], str(ctx.workdir))
         threads = rt.get("threads") or tk.cpu_count()

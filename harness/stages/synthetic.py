@@ -1,0 +1,42 @@
+"""Stages `seeds` (train-split seeds of lm-eval tasks in one schema) and `render` (items rendered as pretraining
+text: the seed-rendering control, which asks whether generation adds anything over the training data it starts
+from)."""
+
+from __future__ import annotations
+
+import json
+
+from harness.seeds import collect, render
+from harness.stages import Stage, StageContext, register
+
+
+@register
+class SeedsStage(Stage):
+    kind = "seeds"
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg = ctx.spec.config
+        tasks_dir = ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]
+        records, counts = collect.collect(str(tasks_dir), cfg["tasks"], cfg["per_task_cap"], cfg["sample_seed"])
+        with open(ctx.workdir / "seeds.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        for task, c in counts.items():
+            ctx.log.info("%s: %d seeds of %d train docs", task, c["seeds"], c["train_docs"])
+        return {"seeds": len(records), "per_task": counts, "file": "seeds.jsonl"}
+
+
+@register
+class RenderStage(Stage):
+    kind = "render"
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg = ctx.spec.config
+        src = ctx.inputs["items"] / ctx.manifests["items"]["result"]["file"]
+        items = [json.loads(l) for l in src.read_text().splitlines()]
+        docs = render.render(items, cfg["layout"], cfg["items_per_doc"], cfg["seed"])
+        with open(ctx.workdir / "data.jsonl", "w") as f:
+            for d in docs:
+                f.write(json.dumps({"text": d}) + "\n")
+        ctx.log.info("rendered %d items into %d documents (layout %s)", len(items), len(docs), cfg["layout"])
+        return {"items": len(items), "documents": len(docs), "file": "data.jsonl"}

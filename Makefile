@@ -31,12 +31,14 @@ $(STAMP): pyproject.toml
 
 quickstart: setup
 	$(BIN)/harness run recipes/quickstart.yaml
+	$(BIN)/harness report recipes/quickstart.yaml
 
 test: setup
 	$(BIN)/pytest -q
 
 bench: setup
 	$(BIN)/python bench/tokenize.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -127,10 +127,17 @@ if __name__ == "__main__":
     hf = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
     with torch.no_grad():
         got = hf(ref["x"]).logits
+    assert sum(p.numel() for p in hf.parameters()) == mdl_parameters(spec), "the preset size formula is exact"
     assert got.shape == ref["logits"].shape
     assert torch.allclose(got, ref["logits"], atol=1e-4, rtol=0), (got - ref["logits"]).abs().max()
     tok = AutoTokenizer.from_pretrained(hf_dir)
     assert tok.eos_token == "<|endoftext|>" and len(tok) == spec["tokenizer"]["vocab_size"]
+
+
+def mdl_parameters(spec):
+    from harness.training import model as mdl
+
+    return mdl.ModelShape(**spec["model"]).parameters()
 
 
 def test_two_gloo_processes_match_one(tmp_path, trained):
@@ -172,3 +179,18 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, trained):
     identity["model"]["hidden_size"] = 256
     with pytest.raises(ckpt.CheckpointMismatch, match=r"model: checkpoint .*hidden_size.*!= run"):
         ckpt.check_identity(final, identity)
+
+
+@pytest.mark.parametrize("preset,nominal", [("tiny", 2.6e6), ("20m", 20e6), ("125m", 125e6), ("350m", 350e6),
+                                            ("1b", 1e9)])
+def test_model_presets_have_their_size(tmp_path, preset, nominal):
+    import yaml
+
+    from harness import recipe as rcp
+    from harness.training import model as mdl
+
+    r = base_recipe(tmp_path)
+    r["model"] = preset
+    loaded = rcp.load(write_recipe(tmp_path / "r.yaml", r), check_files=False)
+    shape = mdl.shape_from(rcp.to_dict(loaded.model), 32768 if preset != "tiny" else 8192, 2048)
+    assert 0.7 * nominal <= shape.parameters() <= 1.3 * nominal, shape.parameters()

@@ -163,7 +163,7 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from harness.report import plots
 
-    plots.write_all(plan, recipe, arms, results, out)
+    plots.write_all(plan, recipe, arms, results, out, groups)
     report_md = (f"# {plan.experiment}\n\n{len(recipe['seeds'])} training seed(s) per arm; 95% intervals from a paired "
                  f"bootstrap over items and seeds ({n_boot} replicates); bold: significantly better, italic: "
                  f"significantly worse than the reference.\n\n" + "\n\n".join(tables_md) + "\n\n" + tokens_md)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 
-def write_all(plan, recipe, arms, results, out: Path) -> list[Path]:
+def write_all(plan, recipe, arms, results, out: Path, groups: dict[str, list[str]]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,8 +27,9 @@ def write_all(plan, recipe, arms, results, out: Path) -> list[Path]:
                 share = sum(v for s, v in a.mix.items() if s not in corpora)
                 xs.append(share)
                 ys.append(values[name][col])
-                # the interval of the arm's own mean, from the spread over seeds and items (bootstrap-free: normal)
-                m = np.mean([a.scores[metric][t] for t in a.scores[metric]], axis=0).mean(axis=1)
+                # +-1.96 standard errors of the column's mean over training seeds
+                members = [t for t in groups.get(col, list(a.scores[metric])) if t in a.scores[metric]]
+                m = np.mean([a.scores[metric][t].mean(axis=1) for t in members], axis=0)
                 se = float(m.std(ddof=1) / np.sqrt(len(m))) if len(m) > 1 else 0.0
                 lo.append(values[name][col] - 1.96 * se)
                 hi.append(values[name][col] + 1.96 * se)
@@ -37,7 +38,7 @@ def write_all(plan, recipe, arms, results, out: Path) -> list[Path]:
             err = np.abs(np.array([np.array(lo)[order], np.array(hi)[order]]) - ys)
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=col)
         ax.set_xlabel("synthetic share of the token budget")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} (bars: +-1.96 s.e. over seeds)")
         ax.legend()
     fig.tight_layout()
     path = out / "metric_vs_share.png"

@@ -34,11 +34,13 @@ quickstart: setup
 	$(BIN)/harness report recipes/quickstart.yaml
 
 test: setup
+	$(BIN)/ruff check --select F --quiet harness tests bench
 	$(BIN)/pytest -q
 
 bench: setup
 	$(BIN)/python bench/tokenize.py
 	$(BIN)/python bench/train.py
+	$(BIN)/harness run recipes/quickstart.yaml && $(BIN)/python bench/eval.py
 
 clean:
 	rm -rf runs .pytest_cache

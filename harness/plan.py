@@ -145,9 +145,10 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {"train": tid, "tokenizer": "tokenizer"}))
             e = recipe.eval
             stages.append(StageSpec(f"eval/{arm.name}/seed{seed}", "eval",
-                                    {"tasks": list(e.tasks), "limit": e.limit, "num_fewshot": e.num_fewshot},
+                                    {"tasks": list(e.tasks), "limit": e.limit, "num_fewshot": e.num_fewshot,
+                                     "backend": e.backend},
                                     {"batch_size": e.batch_size},
-                                    {"export": f"export/{arm.name}/seed{seed}", "suite": "suite"}))
+                                    {"export": f"export/{arm.name}/seed{seed}", "train": tid, "suite": "suite"}))
 
     digests: dict[str, str] = {}
     for spec in stages:

@@ -154,6 +154,7 @@ class EvalConfig:
     limit: Optional[int] = None  # items per task (None: all)
     num_fewshot: int = 0
     batch_size: int = 32
+    backend: str = "hf"  # hf: lm-eval's transformers backend on the export | megatron: ours, on the checkpoint
 
 
 @dataclass
@@ -465,6 +466,8 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("eval.suite", f"no suite '{e.suite}' (evals/{e.suite}.yaml)")
     if not e.tasks:
         bad("eval.tasks", "at least one task or group is required")
+    if e.backend not in ("hf", "megatron"):
+        bad("eval.backend", f"unknown backend '{e.backend}' (hf, megatron)")
     if e.limit is not None and e.limit < 1:
         bad("eval.limit", "must be at least 1 (or null for every item)")
     arm_names = [a.name for a in recipe.arms]

@@ -71,10 +71,12 @@ def test_report_tables_csv_latex_plots(ablation, cli):
     assert abs(tokens["qa"]["share"] - 0.3) < 0.05
 
 
-def test_wandb_offline_runs_written(ablation):
+def test_wandb_offline_runs_written(ablation, cli):
     tmp, _ = ablation
+    assert cli("report", "toy", "--store", tmp / "runs")[0] == 0
     runs = list((tmp / "runs" / "_stages" / "train").glob("*/wandb/offline-run-*"))
     assert len(runs) == 4, runs
+    assert any((tmp / "runs" / "toy" / "report").glob("wandb/offline-run-*")), "the report logs its own run"
 
 
 def test_report_refuses_missing_evaluation(tmp_path, ablation, cli):
@@ -88,3 +90,45 @@ def test_report_refuses_missing_evaluation(tmp_path, ablation, cli):
     code, out = cli("report", "toy", "--store", tmp / "runs")
     assert code == 2
     assert "arm 'extra' seed 1: no evaluation yet (stage eval/extra/seed1 has not run)" in " ".join(out.split())
+
+
+BACKENDS = r"""
+import json, sys, os
+def main():
+    import lm_eval, lm_eval.models
+    import harness.evaluation.megatron_lm
+    from lm_eval.tasks import TaskManager
+    tasks_dir, hf_dir, train_dir, out = sys.argv[1:5]
+    tm = TaskManager(include_path=tasks_dir, include_defaults=False)
+    res = {}
+    for name, model, args in (("hf", "hf", f"pretrained={hf_dir},dtype=float32"),
+                              ("megatron", "megatron_harness", f"train_dir={train_dir}")):
+        r = lm_eval.simple_evaluate(model=model, model_args=args, tasks=["offline_arc_easy", "offline_winogrande"],
+                                   task_manager=tm, limit=25, batch_size=7, log_samples=True, device="cpu")
+        res[name] = {t: [[float(x[0]) for x in s["filtered_resps"]] for s in sorted(v, key=lambda s: s["doc_id"])]
+                     for t, v in r["samples"].items()}
+    json.dump(res, open(out, "w"))
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_megatron_backend_matches_hf_per_item(ablation, tmp_path):
+    tmp, _ = ablation
+    plan = Plan.load(tmp / "runs" / "toy" / "plan.json")
+    suite = plan.dir(plan.by_id("suite")) / "suite" / "tasks"
+    hf = plan.dir(plan.by_id("export/mixed/seed1")) / "hf"
+    train = plan.dir(plan.by_id("train/mixed/seed1"))
+    out = tmp_path / "lls.json"
+    res = subprocess.run([sys.executable, "-c", BACKENDS, str(suite), str(hf), str(train), str(out)],
+                         capture_output=True, text=True, env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    lls = json.loads(out.read_text())
+    n = 0
+    for task, items in lls["hf"].items():
+        for a, b in zip(items, lls["megatron"][task]):
+            assert len(a) == len(b)
+            for x, y in zip(a, b):
+                assert abs(x - y) <= 1e-4, (task, x, y)
+                n += 1
+    assert n >= 25 * 4 + 25 * 2

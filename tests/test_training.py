@@ -2,7 +2,6 @@
 processes, HF export with matching logits, and bad input refused before the model is built."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ TRAIN = {"micro_batch_size": 4, "global_batch_size": 8, "lr": 3e-3, "min_lr": 3e
 def tiny_recipe(tmp_path, store="runs", **train):
     r = base_recipe(tmp_path, store=str(tmp_path / store), train={**TRAIN, **train})
     r["arms"] = [{"name": "mixed", "mix": {"web": 0.7, "qa": 0.3}}]
+    r["report"] = {"baseline": "mixed"}
     r["data"]["tokens"] = 20_000  # 312 samples of 64: 39 steps of 8
     return r
 
@@ -37,7 +37,8 @@ def trained(tmp_path_factory):
     """One uninterrupted run (and its export), shared by the tests below."""
     tmp = tmp_path_factory.mktemp("trained")
     path = write_recipe(tmp / "r.yaml", tiny_recipe(tmp))
-    res = subprocess.run([sys.executable, "-m", "harness", "run", str(path)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "export"], capture_output=True,
+                         text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return tmp, Plan.load(tmp / "runs" / "toy" / "plan.json")
 
@@ -79,9 +80,9 @@ def test_sigterm_then_resume_gives_identical_losses(tmp_path, trained):
     assert not plan.is_cached(spec), "an interrupted stage is not published"
     stopped_at = len(metrics(plan, spec.id, partial=True))
     assert 12 <= stopped_at < 39
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd + ["--only", "train"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resumed from" in res.stderr and f"at step {stopped_at}" in res.stderr
+    assert "resumed from" in res.stderr and f"at step {stopped_at}" in res.stderr
     resumed = metrics(plan, spec.id)
     assert [r["step"] for r in resumed] == list(range(1, 40))
     for a, b in zip(reference, resumed):
@@ -95,7 +96,6 @@ def test_export_logits_match_megatron(trained):
     _, plan = trained
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from harness.training import export
 
     train_dir = plan.dir(plan.by_id("train/mixed/seed1"))
     spec = json.loads((train_dir / "train_spec.json").read_text())
@@ -184,7 +184,6 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, trained):
 @pytest.mark.parametrize("preset,nominal", [("tiny", 2.6e6), ("20m", 20e6), ("125m", 125e6), ("350m", 350e6),
                                             ("1b", 1e9)])
 def test_model_presets_have_their_size(tmp_path, preset, nominal):
-    import yaml
 
     from harness import recipe as rcp
     from harness.training import model as mdl

@@ -168,7 +168,33 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
                  f"bootstrap over items and seeds ({n_boot} replicates); bold: significantly better, italic: "
                  f"significantly worse than the reference.\n\n" + "\n\n".join(tables_md) + "\n\n" + tokens_md)
     (out / "report.md").write_text(report_md)
+    if (recipe.get("wandb") or {}).get("mode", "disabled") != "disabled":
+        _log_wandb(recipe, plan.experiment, arms, rows_csv, out)
     return results
+
+
+def _log_wandb(recipe: dict, experiment: str, arms: dict[str, ArmData], rows: list[dict], out: Path) -> None:
+    """One W&B run for the report, in the experiment's group: per arm/seed/task scores, the comparison table, and
+    the report's files as an artifact."""
+    import wandb
+
+    w = recipe["wandb"]
+    run = wandb.init(project=w.get("project", "task-seeded"), group=experiment, name=f"{experiment}-report",
+                     job_type="report", mode=w["mode"], dir=str(out), reinit=True)
+    scores = wandb.Table(columns=["arm", "seed", "task", "metric", "value"])
+    for a in arms.values():
+        for metric, per_task in a.scores.items():
+            for task, x in per_task.items():
+                for k, seed in enumerate(a.seeds):
+                    scores.add_data(a.name, seed, _short(task), metric, float(x[k].mean()))
+    comparisons = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows]) if rows else None
+    run.log({"scores": scores, **({"comparisons": comparisons} if comparisons is not None else {})})
+    art = wandb.Artifact(f"{experiment}-report", type="report")
+    for f in sorted(out.glob("*")):
+        if f.is_file():
+            art.add_file(str(f))
+    run.log_artifact(art)
+    run.finish()
 
 
 def _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, n_seeds) -> tuple[str, str]:

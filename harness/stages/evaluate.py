@@ -106,8 +106,15 @@ class EvalStage(Stage):
 
     @staticmethod
     def _evaluate(lm_eval, cfg, tm, hf_dir, ctx):
-        return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
+        batch = ctx.spec.runtime["batch_size"]
+        if cfg.get("backend", "hf") == "megatron":  # our lm-eval model on the megatron checkpoint itself
+            import harness.evaluation.megatron_lm  # noqa: F401  (registers megatron_harness)
+
+            model, args = "megatron_harness", f"train_dir={ctx.inputs['train']}"
+        else:  # lm-eval's own transformers backend on the export
+            model, args = "hf", f"pretrained={hf_dir},dtype=float32"
+        return lm_eval.simple_evaluate(model=model, model_args=args,
                                       tasks=list(cfg["tasks"]), task_manager=tm, num_fewshot=cfg["num_fewshot"],
-                                      limit=cfg["limit"], batch_size=ctx.spec.runtime["batch_size"],
+                                      limit=cfg["limit"], batch_size=batch,
                                       device=ctx.spec.runtime.get("device", "cpu"), log_samples=True,
                                       random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)

@@ -3,9 +3,8 @@ into Megatron's .bin/.idx)."""
 
 from __future__ import annotations
 
-import itertools
 import shutil
-from pathlib import Path
+import time
 
 from harness.data import tokenize as tk
 from harness.data.readers import ReadStats, plan_shards, read_corpus
@@ -64,14 +63,14 @@ class TokenizeStage(Stage):
         finally:
             bar.close()
         result = tk.finalize(job, len(shards), ctx.workdir / "tokens")
+        examples = "; ".join(f"{e['file']}:{e['line']}: {e['reason']}" for e in result["malformed_examples"][:3])
         if result["documents"] == 0:
-            examples = "; ".join(f"{e['file']}:{e['line']}: {e['reason']}" for e in result["malformed_examples"][:3])
             raise ValueError(f"source '{ctx.spec.id.split('/', 1)[1]}' has no valid document "
-                             f"({result['malformed']} malformed, {result['empty']} empty){': ' + examples if examples else ''}")
+                             f"({result['malformed']} malformed, {result['empty']} empty)"
+                             + (f": {examples}" if examples else ""))
         if result["malformed"]:
-            ctx.log.warning("skipped %d malformed records, e.g. %s", result["malformed"],
-                            "; ".join(f"{e['file']}:{e['line']}: {e['reason']}" for e in result["malformed_examples"][:3]))
-        secs = bar.tokens and (tk.time.perf_counter() - bar.t0)
-        ctx.log.info("%s documents, %s tokens%s", f"{result['documents']:,}", f"{result['tokens']:,}",
-                     f", {result['tokens'] / secs:,.0f} tokens/s" if secs else "")
+            ctx.log.warning("skipped %d malformed records, e.g. %s", result["malformed"], examples)
+        rate = bar.tokens / max(1e-9, time.perf_counter() - bar.t0)  # this run's tokens (a resumed run did fewer)
+        ctx.log.info("%s documents, %s tokens, %s tokens/s", f"{result['documents']:,}", f"{result['tokens']:,}",
+                     f"{rate:,.0f}")
         return {**result, "prefix": "tokens"}

@@ -60,7 +60,7 @@ class TrainStage(Stage):
                [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *worker])
         rc = _run_forwarding_signals(cmd, ctx.workdir / "train.log")
         if rc == EXIT_REQUEUE:
-            raise StageInterrupted(f"training saved a checkpoint and stopped; rerun to resume")
+            raise StageInterrupted("training saved a checkpoint and stopped; rerun to resume")
         if rc != 0:
             tail = (ctx.workdir / "train.log").read_text(errors="replace").splitlines()[-15:]
             raise RuntimeError(f"training exited with status {rc}:\n" + "\n".join(tail))

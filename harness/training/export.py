@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 
-def megatron_state_dict(spec: dict, checkpoint: Path) -> dict:
-    """Load a checkpoint's model weights (a lone process; no optimizer state is read)."""
+def load_model(spec: dict, checkpoint: Path):
+    """A checkpoint's model in a megatron.core GPTModel, in this (lone) process; no optimizer state is read."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing, parallel_state
 
@@ -32,10 +32,14 @@ def megatron_state_dict(spec: dict, checkpoint: Path) -> dict:
 
     if not get_cuda_rng_tracker().get_states():  # attention forks this tracker even without dropout
         model_parallel_cuda_manual_seed(0)
-    shape = mdl.ModelShape(**spec["model"])
-    model, _ = mdl.build(shape, "fp32", on_cpu=True)
+    model, _ = mdl.build(mdl.ModelShape(**spec["model"]), "fp32", on_cpu=True)
     state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(checkpoint))
     model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def megatron_state_dict(spec: dict, checkpoint: Path) -> dict:
+    model = load_model(spec, checkpoint)
     return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 

@@ -10,7 +10,6 @@ EXIT_REQUEUE, which executors read as "requeue me".
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys

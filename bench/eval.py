@@ -1,0 +1,72 @@
+"""Evaluation benchmark: items/s of our lm-eval model on the megatron checkpoint (`megatron_harness`) against
+lm-eval's `hf` backend on the export of the same checkpoint, same tasks, same items, same batch size, in one run.
+
+    python bench/eval.py [--limit 200] [--store runs]      (after `make quickstart`, whose checkpoints it uses)
+
+Target: ratio >= 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RUN = r"""
+import json, sys, time, os
+def main():
+    import lm_eval, lm_eval.models
+    import harness.evaluation.megatron_lm
+    from lm_eval.tasks import TaskManager
+    tasks_dir, model, args, tasks, limit = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(","), int(sys.argv[5])
+    tm = TaskManager(include_path=tasks_dir, include_defaults=False)
+    t = time.perf_counter()
+    r = lm_eval.simple_evaluate(model=model, model_args=args, tasks=tasks, task_manager=tm, limit=limit,
+                               batch_size=32, device="cpu")
+    items = sum(v.get("sample_len", 0) for k, v in r["results"].items() if k in tasks)
+    print(json.dumps({"seconds": time.perf_counter() - t, "items": items}))
+if __name__ == "__main__":
+    main()
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--store", default=str(ROOT / "runs"))
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from harness.plan import Plan
+
+    plan_path = Path(args.store) / "quickstart" / "plan.json"
+    if not plan_path.is_file():
+        sys.exit(f"{plan_path} is missing: run `make quickstart` first")
+    plan = Plan.load(plan_path)
+    train = plan.dir(plan.by_id("train/baseline/seed1"))
+    hf = plan.dir(plan.by_id("export/baseline/seed1")) / "hf"
+    suite = plan.dir(plan.by_id("suite")) / "suite" / "tasks"
+    tasks = "offline_arc_easy,offline_hellaswag,offline_piqa,offline_sciq"
+    env = {**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    best = {}
+    for _ in range(args.repeat):
+        for name, model, margs in (("hf backend on the export", "hf", f"pretrained={hf},dtype=float32"),
+                                   ("megatron_harness on the checkpoint", "megatron_harness", f"train_dir={train}")):
+            res = subprocess.run([sys.executable, "-c", RUN, str(suite), model, margs, tasks, str(args.limit)],
+                                 capture_output=True, text=True, env=env, cwd=ROOT)
+            if res.returncode != 0:
+                sys.exit(res.stderr[-3000:])
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            best[name] = max(best.get(name, 0.0), r["items"] / r["seconds"])
+    for k, v in best.items():
+        print(f"  {k:<36} {v:8.1f} items/s")
+    ratio = best["megatron_harness on the checkpoint"] / best["hf backend on the export"]
+    print(f"ratio megatron_harness / hf                  {ratio:.2f}  (target >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""An lm-eval model over our megatron.core checkpoints, registered as `megatron_harness`.
+
+It loads a train stage's final checkpoint into a megatron.core GPTModel (no export needed) and answers lm-eval's
+three request types in batches. Tokenization follows lm-eval's `hf` backend (trailing spaces of the context move to
+the continuation; the continuation's tokens are those of context+continuation past the context's), so that both
+backends score the same tokens and agree per item (tested to 1e-4).
+
+    model_args: train_dir=<train stage folder>[,checkpoint=<a checkpoint folder>]; batch size from lm-eval
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+
+@register_model("megatron_harness")
+class MegatronHarnessLM(LM):
+    def __init__(self, train_dir: str, batch_size: int = 32, checkpoint: str | None = None, **kwargs):
+        super().__init__()
+        from harness.data.tokenizer import load
+        from harness.training import export, model as mdl
+
+        train_dir = Path(train_dir)
+        self.spec = json.loads((train_dir / "train_spec.json").read_text())
+        result = json.loads((train_dir / "result.json").read_text())
+        ckpt = Path(checkpoint) if checkpoint else train_dir / result["final_checkpoint"]
+        self.shape = mdl.ModelShape(**self.spec["model"])
+        self.model = export.load_model(self.spec, ckpt)
+        self.tok = load(self.spec["tokenizer"]["path"])
+        self.eod = self.spec["tokenizer"]["eod_id"]
+        self.max_length = self.shape.seq_length
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32  # lm-eval may pass "auto"
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self._encode(context + continuation)
+        ctx = self._encode(context)
+        return ctx, whole[len(ctx):]
+
+    @torch.no_grad()
+    def _logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Log-softmax over the vocabulary at every position of each (right-padded) sequence."""
+        n = max(len(s) for s in sequences)
+        batch = torch.full((len(sequences), n), self.eod, dtype=torch.long)
+        for i, s in enumerate(sequences):
+            batch[i, :len(s)] = torch.tensor(s)
+        pos = torch.arange(n).unsqueeze(0).expand(len(sequences), -1)
+        logits = self.model(batch, pos, None)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        return [logp[i, :len(s)] for i, s in enumerate(sequences)]
+
+    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per pair."""
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            seqs, conts = [], []
+            for i in idx:
+                ctx, cont = pairs[i]
+                if len(cont) > self.max_length:
+                    raise ValueError(f"a continuation of {len(cont)} tokens exceeds the context of {self.max_length}")
+                full = (ctx + cont)[-(self.max_length + 1):][:-1]
+                seqs.append(full)
+                conts.append(cont)
+            for i, logp, cont, seq in zip(idx, self._logprobs(seqs), conts, seqs):
+                at = logp[len(seq) - len(cont):len(seq)]
+                target = torch.tensor(cont)
+                ll = float(at.gather(1, target.unsqueeze(1)).sum())
+                greedy = bool((at.argmax(dim=-1) == target).all())
+                out[i] = (ll, greedy)
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------- lm-eval API
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        pairs = []
+        for req in requests:
+            context, continuation = req.args
+            if context == "":
+                pairs.append(([self.eod], self._encode(continuation)))
+            else:
+                pairs.append(self._encode_pair(context, continuation))
+        return self._score(pairs)
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        results = []
+        for req in requests:
+            (text,) = req.args[:1]
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                token_list=self._encode(text), prefix_token=self.eod, max_seq_len=self.max_length, context_len=1)]
+            results.append(sum(ll for ll, _ in self._score([(list(c), list(t)) for c, t in windows])))
+        return results
+
+    @torch.no_grad()
+    def generate_until(self, requests) -> list[str]:
+        outs = []
+        for req in requests:
+            context, gen_kwargs = req.args
+            until = gen_kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(gen_kwargs.get("max_gen_toks", 64))
+            ids = self._encode(context) or [self.eod]
+            new: list[int] = []
+            text = ""
+            for _ in range(max_new):  # greedy, no cache: fine for small models
+                seq = (ids + new)[-self.max_length:]
+                nxt = int(self._logprobs([seq])[0][-1].argmax())
+                if nxt == self.eod:
+                    break
+                new.append(nxt)
+                text = self.tok.decode(new)
+                if any(u in text for u in until):
+                    break
+            for u in until:
+                text = text.split(u)[0]
+            outs.append(text)
+        return outs

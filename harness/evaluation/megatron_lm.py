@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
@@ -51,19 +50,18 @@ class MegatronHarnessLM(LM):
         return ctx, whole[len(ctx):]
 
     @torch.no_grad()
-    def _logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        """Log-softmax over the vocabulary at every position of each (right-padded) sequence."""
+    def _logits(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Logits at every position of the right-padded batch (padding after a sequence cannot affect it)."""
         n = max(len(s) for s in sequences)
         batch = torch.full((len(sequences), n), self.eod, dtype=torch.long)
         for i, s in enumerate(sequences):
             batch[i, :len(s)] = torch.tensor(s)
         pos = torch.arange(n).unsqueeze(0).expand(len(sequences), -1)
-        logits = self.model(batch, pos, None)
-        logp = F.log_softmax(logits.float(), dim=-1)
-        return [logp[i, :len(s)] for i, s in enumerate(sequences)]
+        return self.model(batch, pos, None)
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per pair."""
+        """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per pair.
+        The softmax is taken only at the continuation's positions, not over the whole sequence."""
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         for start in range(0, len(order), self.batch_size):
@@ -73,15 +71,14 @@ class MegatronHarnessLM(LM):
                 ctx, cont = pairs[i]
                 if len(cont) > self.max_length:
                     raise ValueError(f"a continuation of {len(cont)} tokens exceeds the context of {self.max_length}")
-                full = (ctx + cont)[-(self.max_length + 1):][:-1]
-                seqs.append(full)
+                seqs.append((ctx + cont)[-(self.max_length + 1):][:-1])
                 conts.append(cont)
-            for i, logp, cont, seq in zip(idx, self._logprobs(seqs), conts, seqs):
-                at = logp[len(seq) - len(cont):len(seq)]
+            logits = self._logits(seqs)
+            for row, (i, cont, seq) in enumerate(zip(idx, conts, seqs)):
+                at = torch.log_softmax(logits[row, len(seq) - len(cont):len(seq)].float(), dim=-1)
                 target = torch.tensor(cont)
                 ll = float(at.gather(1, target.unsqueeze(1)).sum())
-                greedy = bool((at.argmax(dim=-1) == target).all())
-                out[i] = (ll, greedy)
+                out[i] = (ll, bool((at.argmax(dim=-1) == target).all()))
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------- lm-eval API
@@ -119,7 +116,7 @@ class MegatronHarnessLM(LM):
             text = ""
             for _ in range(max_new):  # greedy, no cache: fine for small models
                 seq = (ids + new)[-self.max_length:]
-                nxt = int(self._logprobs([seq])[0][-1].argmax())
+                nxt = int(self._logits([seq])[0, len(seq) - 1].argmax())
                 if nxt == self.eod:
                     break
                 new.append(nxt)

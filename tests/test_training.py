@@ -193,3 +193,23 @@ def test_model_presets_have_their_size(tmp_path, preset, nominal):
     loaded = rcp.load(write_recipe(tmp_path / "r.yaml", r), check_files=False)
     shape = mdl.shape_from(rcp.to_dict(loaded.model), 32768 if preset != "tiny" else 8192, 2048)
     assert 0.7 * nominal <= shape.parameters() <= 1.3 * nominal, shape.parameters()
+
+
+def test_bad_training_inputs_are_refused_before_the_model(trained, tmp_path):
+    """A missing data prefix, and a source that cannot fill one sequence, stop the stage before any model exists."""
+    _, plan = trained
+    from harness.stages.train import _check_inputs
+    from harness.training import model as mdl
+
+    blend = json.loads((plan.dir(plan.by_id("blend/mixed/seed1")) / "blend.json").read_text())
+    shape = mdl.shape_from({"num_layers": 2, "hidden_size": 128, "num_attention_heads": 4}, 600, 64)
+    assert _check_inputs(None, shape, blend, 8) == blend["samples"] // 8
+    missing = json.loads(json.dumps(blend))
+    missing["sources"][0]["prefix"] = str(tmp_path / "nowhere" / "tokens")
+    with pytest.raises(FileNotFoundError, match=r"no indexed dataset at .*nowhere/tokens.bin/.idx"):
+        _check_inputs(None, shape, missing, 8)
+    long_seq = mdl.shape_from({"num_layers": 2, "hidden_size": 128, "num_attention_heads": 4}, 600, 10**6)
+    with pytest.raises(ValueError, match="cannot fill one sequence of 1000000"):
+        _check_inputs(None, long_seq, blend, 8)
+    with pytest.raises(ValueError, match="less than one global batch"):
+        _check_inputs(None, shape, blend, 10**9)

@@ -173,13 +173,14 @@ def test_moved_corpus_is_still_a_cache_hit(tmp_path, cli):
     assert "12 stages: 2 cached" in out, out
 
 
-def test_quickstart_recipe_validates_and_plans(cli):
+def test_quickstart_recipe_validates_and_plans(cli, tmp_path):
     from pathlib import Path
 
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
-    code, out = cli("plan", recipe, "--store", "/tmp/harness-test-plan-only")
+    code, out = cli("plan", recipe, "--store", tmp_path / "store")
     assert code == 0, out
-    for sid in ("tokenizer", "tokenize/sotu", "blend/baseline/seed1", "train/baseline/seed2", "export/baseline/seed1"):
+    for sid in ("tokenizer", "suite", "seeds/seedqa", "render/seedqa", "tokenize/seedqa", "blend/seedqa_30/seed2",
+                "train/baseline/seed2", "export/baseline/seed1", "eval/seedqa_10/seed1"):
         assert sid in out
 
 

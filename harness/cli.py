@@ -84,6 +84,9 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
     from harness.executors import local
 
     r = _load(recipe, overrides)
+    if r.profile.executor != "local":
+        _fail(f"{recipe}: profile.executor '{r.profile.executor}': `harness run` runs the local executor; the Slurm "
+              f"executor (`harness submit`) is not in this version yet - use profile: local")
     p = _plan(r, store)
     try:
         todo = pl.select(p, only)

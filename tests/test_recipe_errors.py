@@ -103,3 +103,11 @@ def test_good_recipe_and_override(tmp_path, cli):
     code, output = cli("validate", path, "data.tokens=30000")
     assert code == 0, output
     assert "30,000 tokens" in output
+
+
+def test_slurm_profile_is_refused_by_the_local_run(tmp_path, cli):
+    r = base_recipe(tmp_path)
+    r["profile"] = {"executor": "slurm"}
+    code, output = cli("run", write_recipe(tmp_path / "r.yaml", r))
+    assert code == 2 and "Slurm executor" in output and "not in this version yet" in " ".join(output.split())
+    assert not (tmp_path / "runs" / "toy").exists()

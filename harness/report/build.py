@@ -180,7 +180,7 @@ def _log_wandb(recipe: dict, experiment: str, arms: dict[str, ArmData], rows: li
 
     w = recipe["wandb"]
     run = wandb.init(project=w.get("project", "task-seeded"), group=experiment, name=f"{experiment}-report",
-                     job_type="report", mode=w["mode"], dir=str(out), reinit=True)
+                     job_type="report", mode=w["mode"], dir=str(out), reinit="finish_previous")
     scores = wandb.Table(columns=["arm", "seed", "task", "metric", "value"])
     for a in arms.values():
         for metric, per_task in a.scores.items():

@@ -40,11 +40,7 @@ def write_all(plan, recipe, arms, results, out: Path, groups: dict[str, list[str
         ax.set_xlabel("synthetic share of the token budget")
         ax.set_ylabel(f"{metric} (bars: +-1.96 s.e. over seeds)")
         ax.legend()
-    fig.tight_layout()
-    path = out / "metric_vs_share.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out / "metric_vs_share.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm in recipe["arms"]:
@@ -60,9 +56,14 @@ def write_all(plan, recipe, arms, results, out: Path, groups: dict[str, list[str
     ax.set_xlabel("tokens")
     ax.set_ylabel("training loss (mean over seeds)")
     ax.legend()
+    written.append(_save(fig, out / "training_loss.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out / "training_loss.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path

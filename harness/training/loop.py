@@ -299,7 +299,7 @@ class Trainer:
                           name=self.spec["run_name"], mode=w["mode"], dir=str(self.workdir),
                           config={"model": self.spec["model"], "train": self.spec["train"],
                                   "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}},
-                          reinit=True)
+                          reinit="finish_previous")
 
     def _say(self, msg: str) -> None:
         if self.rank == 0:

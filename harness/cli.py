@@ -189,7 +189,7 @@ def tokenize(inputs: List[Path] = typer.Argument(..., help="files, folders or gl
 
     from harness import recipe as rcp
     from harness.data import tokenize as tk
-    from harness.data.readers import ReadStats, plan_shards, read_corpus
+    from harness.data.readers import ReadStats, read_corpus
     from harness.data.tokenizer import describe, tokenizer_file, train_bpe as _train
 
     files = rcp.expand_paths([str(p) for p in inputs])
@@ -211,15 +211,9 @@ def tokenize(inputs: List[Path] = typer.Argument(..., help="files, folders or gl
         info = describe(tok_path, eod_token)
     except ValueError as e:
         _fail(str(e))
-    shards = plan_shards(files, fmt, shard_bytes)
-    job = tk.TokenizeJob(str(tok_path), info["eod_id"], info["vocab_size"], text_field, str(work))
-    bar = tk.Progress(sum(s.nbytes for s in shards), str(output), lambda m: console.print(m))
-    try:
-        tk.run_shards(job, shards, list(range(len(shards))), workers, threads or tk.cpu_count(), bar)
-    finally:
-        bar.close()
     output.parent.mkdir(parents=True, exist_ok=True)
-    result = tk.finalize(job, len(shards), work / "tokens")
+    result, _ = tk.tokenize_files(files, fmt, text_field, str(tok_path), info, str(work), work / "tokens", workers,
+                                  threads, shard_bytes, str(output), lambda m: console.print(m))
     if result["documents"] == 0:
         _fail(f"no valid document in {', '.join(map(str, inputs))} ({result['malformed']} malformed)")
     for ext in (".bin", ".idx"):
@@ -265,10 +259,8 @@ def blend(sources: List[str] = typer.Argument(..., help="PREFIX=SHARE for each t
         plans = bl.plan_blend(prefixes, shares, tokens, split, max_epochs)
     except bl.BlendError as e:
         _fail(str(e))
-    train, _ = bl.build(plans, tokens, seq_length, split, seed, str(cache),
-                        MegatronTokenizer(tokenizer_file(tokenizer), info["eod_id"], info["vocab_size"]))
-    realised = bl.realised_shares(train, plans)
-    bl.check_shares(realised, plans, len(train))
+    train, realised = bl.build_checked(plans, tokens, seq_length, split, seed, str(cache),
+                                       MegatronTokenizer(tokenizer_file(tokenizer), info["eod_id"], info["vocab_size"]))
     t = Table(title=f"blend of {tokens:,} tokens ({len(train):,} samples of {seq_length})")
     for col in ("source", "share", "realised", "tokens wanted", "train tokens", "epochs"):
         t.add_column(col)

@@ -161,10 +161,12 @@ def select(plan: Plan, only: list[str] | None) -> list[StageSpec]:
     """The stages matching `only` (ids, id prefixes or kinds) plus whatever they need that is not cached."""
     if not only:
         return list(plan.stages)
-    wanted = {s.id for s in plan.stages
-              if any(s.id == o or s.kind == o or s.id.startswith(o.rstrip("/") + "/") for o in only)}
-    unknown = [o for o in only if not any(s.id == o or s.kind == o or s.id.startswith(o.rstrip("/") + "/")
-                                         for s in plan.stages)]
+
+    def matches(s: StageSpec, o: str) -> bool:
+        return s.id == o or s.kind == o or s.id.startswith(o.rstrip("/") + "/")
+
+    wanted = {s.id for s in plan.stages if any(matches(s, o) for o in only)}
+    unknown = [o for o in only if not any(matches(s, o) for s in plan.stages)]
     if unknown:
         raise KeyError(f"--only {', '.join(unknown)}: no such stage (stages: {', '.join(s.id for s in plan.stages)})")
     ids = {s.id: s for s in plan.stages}

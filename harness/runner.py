@@ -16,7 +16,7 @@ import traceback
 
 from harness import stages
 from harness.plan import Plan
-from harness.stages import StageContext, StageInterrupted
+from harness.stages import EXIT_REQUEUE, StageContext, StageInterrupted
 from harness.store import StageLocked, environment
 
 # megatron.core warns at import that the GPU-only fused kernels are absent; on a CPU that is expected
@@ -24,7 +24,6 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 
 EXIT_FAILED = 1
 EXIT_LOCKED = 3
-EXIT_REQUEUE = 75  # interrupted after saving progress: rerun (or requeue) to resume
 
 
 def _logger(spec_id: str, logfile) -> logging.Logger:

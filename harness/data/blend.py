@@ -126,6 +126,15 @@ def _ensure_process_group(workdir: str) -> None:
         dist.init_process_group("gloo", store=store, rank=0, world_size=1)
 
 
+def build_checked(plans: list[SourcePlan], budget_tokens: int, seq_length: int, split: str, seed: int,
+                  cache_dir: str, tokenizer):
+    """Build the train blend and check the shares it realises; returns (dataset, realised shares)."""
+    train, _ = build(plans, budget_tokens, seq_length, split, seed, cache_dir, tokenizer)
+    realised = realised_shares(train, plans)
+    check_shares(realised, plans, len(train))
+    return train, realised
+
+
 def realised_shares(dataset, plans: list[SourcePlan]) -> dict[str, float]:
     """Fraction of the samples drawn from each source, read from the built dataset's own index."""
     if len(plans) == 1:

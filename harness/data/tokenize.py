@@ -167,6 +167,26 @@ def finalize(job: TokenizeJob, n_shards: int, out_prefix: str | os.PathLike) -> 
     return {"tokens": tokens, "dtype": np.dtype(indexed.token_dtype(job.vocab_size)).name, **stats.to_dict()}
 
 
+def tokenize_files(files: list[str], fmt: str, text_field: str, tokenizer_json: str, tok_info: dict, workdir: str,
+                   out_prefix: str | os.PathLike, workers: int, threads: int, shard_bytes: int, label: str,
+                   log=None) -> tuple[dict, "Progress"]:
+    """Shard, tokenize (resuming finished shards in `workdir`) and merge into out_prefix.bin/.idx, with a
+    progress bar; returns the merged stats and the bar (its counts are this run's)."""
+    from harness.data.readers import plan_shards
+
+    shards = plan_shards(files, fmt, shard_bytes)
+    job = TokenizeJob(tokenizer_json, tok_info["eod_id"], tok_info["vocab_size"], text_field, workdir)
+    if log:
+        log(f"tokenizing {len(files)} files ({sum(s.nbytes for s in shards):,} bytes) in {len(shards)} shards "
+            f"with {workers} worker(s)")
+    bar = Progress(sum(s.nbytes for s in shards), label, log)
+    try:
+        run_shards(job, shards, list(range(len(shards))), workers, threads or cpu_count(), bar)
+    finally:
+        bar.close()
+    return finalize(job, len(shards), out_prefix), bar
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))

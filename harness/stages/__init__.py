@@ -38,6 +38,9 @@ class StageContext:
     final_dir: Path = Path()  # where workdir will be published (for outputs that must name their final paths)
 
 
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: progress saved, then stopped on request; a rerun (or a requeue) resumes
+
+
 class StageInterrupted(Exception):
     """The stage saved its progress and stopped on request (SIGTERM/SIGUSR1); rerunning it resumes."""
 

@@ -29,10 +29,8 @@ class BlendStage(Stage):
         tok_info = ctx.manifests["tokenizer"]["result"]
         tokenizer = MegatronTokenizer(ctx.inputs["tokenizer"] / "tokenizer.json", tok_info["eod_id"],
                                       tok_info["vocab_size"])
-        train, _ = bl.build(plans, cfg["tokens"], cfg["seq_length"], cfg["split"], cfg["seed"],
-                            str(ctx.workdir / "cache"), tokenizer)
-        realised = bl.realised_shares(train, plans)
-        bl.check_shares(realised, plans, len(train))
+        train, realised = bl.build_checked(plans, cfg["tokens"], cfg["seq_length"], cfg["split"], cfg["seed"],
+                                           str(ctx.workdir / "cache"), tokenizer)
         for p in plans:
             ctx.log.info("%s: realised share %.5f (target %.5f)", p.name, realised[p.name], p.share)
         result = {

@@ -7,7 +7,7 @@ import shutil
 import time
 
 from harness.data import tokenize as tk
-from harness.data.readers import ReadStats, plan_shards, read_corpus
+from harness.data.readers import ReadStats, read_corpus
 from harness.data.tokenizer import describe, tokenizer_file, train_bpe
 from harness.stages import Stage, StageContext, register
 
@@ -49,20 +49,10 @@ class TokenizeStage(Stage):
         rt = ctx.spec.runtime
         tok = ctx.manifests["tokenizer"]["result"]
         files = rt.get("files") or [str(ctx.inputs["source"] / ctx.manifests["source"]["result"]["file"])]
-        rt = {**rt, "files": files}
-        shards = plan_shards(files, rt["format"], rt["shard_bytes"])
-        job = tk.TokenizeJob(str(ctx.inputs["tokenizer"] / "tokenizer.json"), tok["eod_id"], tok["vocab_size"],
-                             rt["text_field"], str(ctx.workdir))
-        threads = rt.get("threads") or tk.cpu_count()
-        total = sum(s.nbytes for s in shards)
-        ctx.log.info("tokenizing %d files (%s bytes) in %d shards with %d worker(s)", len(rt["files"]),
-                     f"{total:,}", len(shards), rt["workers"])
-        bar = tk.Progress(total, ctx.spec.id, ctx.log.info)
-        try:
-            tk.run_shards(job, shards, list(range(len(shards))), rt["workers"], threads, bar)
-        finally:
-            bar.close()
-        result = tk.finalize(job, len(shards), ctx.workdir / "tokens")
+        result, bar = tk.tokenize_files(files, rt["format"], rt["text_field"],
+                                        str(ctx.inputs["tokenizer"] / "tokenizer.json"), tok, str(ctx.workdir),
+                                        ctx.workdir / "tokens", rt["workers"], rt.get("threads") or 0,
+                                        rt["shard_bytes"], ctx.spec.id, ctx.log.info)
         examples = "; ".join(f"{e['file']}:{e['line']}: {e['reason']}" for e in result["malformed_examples"][:3])
         if result["documents"] == 0:
             raise ValueError(f"source '{ctx.spec.id.split('/', 1)[1]}' has no valid document "

@@ -11,10 +11,8 @@ import subprocess
 import sys
 
 from harness.data import indexed
-from harness.stages import Stage, StageContext, StageInterrupted, register
+from harness.stages import EXIT_REQUEUE, Stage, StageContext, StageInterrupted, register
 from harness.training import model as mdl
-
-EXIT_REQUEUE = 75
 
 
 def _check_inputs(ctx: StageContext, shape: mdl.ModelShape, blend: dict, gbs: int) -> int:

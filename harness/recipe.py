@@ -48,14 +48,58 @@ class CorpusConfig:
 class SyntheticConfig:
     """A synthetic data set that an arm can name as a source.
 
-    kind seed_render: the train-split seeds of `tasks` rendered as text, no LLM (the seed-rendering control)."""
+    kind seed_render: the train-split seeds of `tasks` rendered as text, no LLM (the seed-rendering control).
+    kind task_seeded: new Q&A written by the generator from those seeds (few-shot, same subtask), optionally
+      grounded in passages of `context_corpus`; enriched, verified, deduplicated, decontaminated.
+    kind unseeded_qa: the unseeded control - diverse Q&A written from `passages` passages of `context_corpus`
+      alone, nothing about any task; deduplicated and decontaminated the same way."""
 
     kind: str = "???"
     tasks: list[str] = field(default_factory=lambda: ["offline_seeded"])  # lm-eval tasks or groups (train splits)
-    per_task_cap: Optional[int] = 2000  # seeds per task, sampled (None: all)
+    per_task_cap: Optional[int] = 2000  # seeds per task or group, stratified across its subtasks (None: all)
     layout: str = "qa"  # qa | mc
     items_per_doc: int = 8
     seed: int = 0
+    samples_per_seed: int = 2  # generations per seed (unseeded_qa: per passage)
+    fewshot: int = 3  # examples shown per request, the seed first, the rest from the same subtask
+    context_corpus: Optional[str] = None  # a corpus of the recipe: passages for grounding / the unseeded control
+    context_share: float = 0.0  # task_seeded: share of requests grounded in a corpus passage
+    passages: int = 200  # unseeded_qa: passages sampled from context_corpus
+    pairs_per_passage: int = 3  # unseeded_qa
+    enrich: bool = False  # ask for a short explanation per item and render it before the answer
+    verify_votes: int = 3  # majority verification of items with options (0: off)
+    dedup_threshold: float = 0.7  # near-duplicate Jaccard threshold (word 3-grams)
+    decontaminate: bool = True  # drop items matching the eval index
+
+
+@dataclass
+class GeneratorConfig:
+    """The LLM that writes synthetic Q&A. backend transformers: local generation with continuous batching (the CPU
+    default: no server, reproducible); openai: any OpenAI-compatible server - `server: managed` starts one
+    (`server_kind` vllm on a GPU node, transformers on a CPU) for the stage, or give its URL; vllm: the offline
+    engine (GPU extra)."""
+
+    backend: str = "transformers"
+    model: str = "smollm2-135m-instruct"  # a catalogue name (.cache/models), a folder, or a server's model name
+    server: str = "managed"  # managed | http://host:port/v1
+    server_kind: str = "transformers"  # transformers | vllm (managed servers)
+    concurrency: int = 32
+    timeout: float = 300.0  # seconds per request
+    max_retries: int = 5
+    startup_timeout: float = 300.0
+    batch_size: int = 32  # transformers backend: requests per continuous-batching call (part of the sample)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 192
+    templates: Optional[str] = None  # a folder of prompt templates overriding the built-in ones (same names)
+
+
+@dataclass
+class DecontaminationConfig:
+    ngram: int = 13
+    ngram_min: int = 8  # short eval items use max(ngram_min, words // 2)
+    max_item_freq: int = 10  # n-grams shared by this many eval items are templates, not content
+    corpus_report: bool = True  # check every base corpus an arm uses against the index (report only)
 
 
 @dataclass
@@ -164,6 +208,8 @@ class Recipe:
     store: str = "runs"
     corpora: dict[str, CorpusConfig] = field(default_factory=dict)
     synthetic: dict[str, SyntheticConfig] = field(default_factory=dict)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     arms: list[ArmConfig] = field(default_factory=list)
@@ -180,7 +226,10 @@ class Recipe:
 # Sections that may be given as a name; the name is looked up as recipes/<folder>/<name>.yaml.
 INCLUDES = {"profile": "profiles", "model": "models"}
 # Registered synthetic kinds are added by the generation package; an empty registry refuses every synthetic set.
-SYNTHETIC_KINDS: dict[str, str] = {"seed_render": "train-split seeds rendered as text, no LLM"}
+SYNTHETIC_KINDS: dict[str, str] = {"seed_render": "train-split seeds rendered as text, no LLM",
+                                   "task_seeded": "Q&A generated from train-split seeds",
+                                   "unseeded_qa": "Q&A generated from corpus passages alone (the unseeded control)"}
+GENERATED_KINDS = ("task_seeded", "unseeded_qa")
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -320,6 +369,11 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
     """Relative input paths are relative to the recipe file's folder, so a recipe runs from any directory."""
     for corpus in recipe.corpora.values():
         corpus.paths = [p if os.path.isabs(p) else str((base / p).resolve()) for p in corpus.paths]
+    g = recipe.generator
+    if g.templates and not os.path.isabs(g.templates):
+        g.templates = str((base / g.templates).resolve())
+    if os.path.sep in g.model and not os.path.isabs(g.model):
+        g.model = str((base / g.model).resolve())
     tok = recipe.tokenizer
     if tok.path and not os.path.isabs(tok.path):
         tok.path = str((base / tok.path).resolve())
@@ -381,6 +435,32 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
             bad(f"synthetic.{name}.layout", f"unknown layout '{s.layout}' (qa, mc)")
         if s.items_per_doc < 1 or (s.per_task_cap is not None and s.per_task_cap < 1):
             bad(f"synthetic.{name}", "items_per_doc and per_task_cap must be at least 1")
+        if s.kind in GENERATED_KINDS:
+            for key in ("samples_per_seed", "passages", "pairs_per_passage"):
+                if getattr(s, key) < 1:
+                    bad(f"synthetic.{name}.{key}", "must be at least 1")
+            if s.fewshot < 1:
+                bad(f"synthetic.{name}.fewshot", "at least one example (the seed) is shown")
+            if s.verify_votes < 0:
+                bad(f"synthetic.{name}.verify_votes", "must be >= 0 (0 turns verification off)")
+            if _bad_number(s.context_share) or not 0 <= s.context_share <= 1:
+                bad(f"synthetic.{name}.context_share", f"must be in [0, 1], got {s.context_share}")
+            if not 0 < s.dedup_threshold <= 1:
+                bad(f"synthetic.{name}.dedup_threshold", f"must be in (0, 1], got {s.dedup_threshold}")
+            needs_corpus = s.kind == "unseeded_qa" or s.context_share > 0
+            if s.context_corpus is not None and s.context_corpus not in recipe.corpora:
+                bad(f"synthetic.{name}.context_corpus",
+                    f"unknown corpus '{s.context_corpus}'{_did_you_mean(s.context_corpus, recipe.corpora)}")
+            elif needs_corpus and s.context_corpus is None:
+                bad(f"synthetic.{name}.context_corpus", "required: " + ("the unseeded control writes Q&A from "
+                    "corpus passages" if s.kind == "unseeded_qa" else "context_share > 0 grounds requests in "
+                    "corpus passages"))
+    _validate_generator(recipe.generator, bad)
+    dc = recipe.decontamination
+    if not 5 <= dc.ngram_min <= dc.ngram:
+        bad("decontamination", f"need 5 <= ngram_min <= ngram, got ngram_min {dc.ngram_min}, ngram {dc.ngram}")
+    if dc.max_item_freq < 2:
+        bad("decontamination.max_item_freq", "must be at least 2")
 
     tok = recipe.tokenizer
     if tok.kind not in ("bpe", "hf"):
@@ -489,6 +569,34 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         raise RecipeError(p)
     if check_files:
         _check_data_sufficiency(recipe, where)
+
+
+def _validate_generator(g: GeneratorConfig, bad) -> None:
+    from harness.generation.backends import BACKENDS
+    from harness.generation.models import CATALOGUE, is_local
+
+    if g.backend not in BACKENDS:
+        bad("generator.backend", f"unknown backend '{g.backend}'{_did_you_mean(g.backend, BACKENDS)} "
+                                 f"({', '.join(BACKENDS)})")
+    if g.backend == "openai":
+        if g.server != "managed" and not re.match(r"^https?://", g.server):
+            bad("generator.server", f"'{g.server}' is neither 'managed' nor an http(s):// URL")
+        if g.server == "managed" and g.server_kind not in ("transformers", "vllm"):
+            bad("generator.server_kind", f"unknown server kind '{g.server_kind}' (transformers, vllm)")
+    local_model = g.backend == "transformers" or (g.backend == "openai" and g.server == "managed"
+                                                   and g.server_kind == "transformers")
+    if local_model and not is_local(g.model):
+        bad("generator.model", f"'{g.model}' is neither a model folder nor a catalogue name "
+                               f"({', '.join(CATALOGUE)})")
+    for key in ("concurrency", "batch_size", "max_tokens"):
+        if getattr(g, key) < 1:
+            bad(f"generator.{key}", "must be at least 1")
+    if g.max_retries < 0 or g.timeout <= 0:
+        bad("generator", "max_retries must be >= 0 and timeout > 0")
+    if _bad_number(g.temperature) or g.temperature < 0 or not 0 < g.top_p <= 1:
+        bad("generator", f"temperature must be >= 0 and top_p in (0, 1] (got {g.temperature}, {g.top_p})")
+    if g.templates is not None and not os.path.isdir(g.templates):
+        bad("generator.templates", f"no folder '{g.templates}'")
 
 
 def _did_you_mean(name: str, options) -> str:

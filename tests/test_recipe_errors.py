@@ -56,6 +56,20 @@ CASES = [
     ("unknown synthetic kind", "synthetic", {"seeded": {"kind": "magic"}}, ["synthetic.seeded.kind",
                                                                             "unknown synthetic kind 'magic'"]),
     ("zero max epochs", "data.max_epochs", 0, ["data.max_epochs", "positive"]),
+    ("unseeded control without corpus", "synthetic", {"u": {"kind": "unseeded_qa"}},
+     ["synthetic.u.context_corpus", "required", "corpus passages"]),
+    ("unknown context corpus", "synthetic", {"t": {"kind": "task_seeded", "context_corpus": "wbe",
+                                                   "context_share": 0.5}},
+     ["synthetic.t.context_corpus", "unknown corpus 'wbe'", "did you mean 'web'"]),
+    ("context share out of range", "synthetic", {"t": {"kind": "task_seeded", "context_share": 1.5}},
+     ["synthetic.t.context_share", "must be in [0, 1]"]),
+    ("unknown generator backend", "generator", {"backend": "llamacpp"},
+     ["generator.backend", "unknown backend 'llamacpp'"]),
+    ("generator model not found", "generator", {"backend": "transformers", "model": "no/such/folder"},
+     ["generator.model", "neither a model folder nor a catalogue name"]),
+    ("bad server url", "generator", {"backend": "openai", "server": "localhost:8000"}, ["generator.server", "neither 'managed' nor"]),
+    ("unknown generator key", "generator", {"temprature": 0.5}, ["unknown key 'generator.temprature'",
+                                                            "did you mean 'generator.temperature'"]),
 ]
 
 

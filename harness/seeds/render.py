@@ -7,11 +7,16 @@ import random
 LETTERS = "ABCDEFGHIJ"
 
 
+def _explained(item: dict) -> str:
+    """An enriched item's explanation comes before its answer (reasoning first)."""
+    return f"\nExplanation: {item['explanation']}" if item.get("explanation") else ""
+
+
 def _qa(item: dict) -> str:
     q = item["question"]
     if item.get("context"):
         q = f"{item['context']}\n{q}"
-    return f"Question: {q}\nAnswer: {item['answer_text']}"
+    return f"Question: {q}{_explained(item)}\nAnswer: {item['answer_text']}"
 
 
 def _mc(item: dict) -> str:
@@ -19,7 +24,7 @@ def _mc(item: dict) -> str:
         return _qa(item)
     q = item["question"] if not item.get("context") else f"{item['context']}\n{item['question']}"
     opts = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item["choices"]))
-    return f"Question: {q}\n{opts}\nAnswer: {LETTERS[item['answer_index']]}. {item['answer_text']}"
+    return f"Question: {q}\n{opts}{_explained(item)}\nAnswer: {LETTERS[item['answer_index']]}. {item['answer_text']}"
 
 
 LAYOUTS = {"qa": _qa, "mc": _mc}

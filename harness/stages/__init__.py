@@ -71,4 +71,4 @@ def get(kind: str) -> type[Stage]:
 
 
 def _load_builtin() -> None:
-    from harness.stages import blend, evaluate, synthetic, tokenize, train  # noqa: F401  (registration on import)
+    from harness.stages import blend, evaluate, filter, generate, synthetic, tokenize, train  # noqa: F401  (registration on import)

@@ -34,6 +34,10 @@ class RenderStage(Stage):
         cfg = ctx.spec.config
         src = ctx.inputs["items"] / ctx.manifests["items"]["result"]["file"]
         items = [json.loads(l) for l in src.read_text().splitlines()]
+        if not items:
+            m = ctx.manifests["items"]
+            raise ValueError(f"nothing to render: {m['stage']} kept no item ({json.dumps(m['result'])[:600]}); "
+                             f"generate more (samples_per_seed, per_task_cap, passages) or loosen the filters")
         docs = render.render(items, cfg["layout"], cfg["items_per_doc"], cfg["seed"])
         with open(ctx.workdir / "data.jsonl", "w") as f:
             for d in docs:

@@ -3,7 +3,7 @@ and against a reference in the style of Megatron-LM's preprocess_data (a process
 time, the main process writing with megatron.core's IndexedDatasetBuilder), side by side in one run; then the
 harness's peak memory at 1x and 4x the corpus size.
 
-    python bench/tokenize.py [--mb 30] [--workers 1]
+    python bench/tokenization.py [--mb 30] [--workers 1]
 
 Each measurement runs in a fresh process on the same cores, start-up included, and is repeated (best of --repeat).
 Targets: harness >= 0.9x bare batch encoding; >= 1.2x the preprocess_data-style reference; memory growth < 20%.

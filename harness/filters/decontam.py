@@ -1,0 +1,235 @@
+"""Decontamination: an n-gram index over every eval split of a suite, and the check of any text against it.
+
+An eval item is indexed as two word sequences - question followed by all its choices, and question followed by
+its gold answer - so n-grams that span question, choices and answer count. Its n is min(N, max(N_min, L // 2))
+for a sequence of L normalised words: long items get the standard N-gram (13), and a one-word edit of a short
+item still leaves a whole n-gram intact; sequences shorter than N_min are matched whole (if at least 5 words).
+Two kinds of n-gram are left out, and counted: those found in the TRAIN splits of the suite's tasks (training
+data the recipe may use; an item that shares them is not eval contamination), and those shared by many eval items
+(templates such as "which of the following best describes", not content).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.filters.text import WordHasher, member, ngram_hashes, words
+
+MIN_WHOLE = 5
+
+
+def eval_sequences(doc: dict) -> list[str]:
+    q, choices = doc["query"], doc.get("choices") or []
+    out = [q + " " + " ".join(choices)]
+    if choices:
+        out.append(q + " " + choices[int(doc["gold"])])
+    return out
+
+
+def item_sequences(item: dict) -> list[str]:
+    """A synthetic item's word sequences, laid out like the eval items' (plus its passage, if any)."""
+    q = item["question"]
+    if item.get("context"):
+        q = f"{item['context']} {q}"
+    choices = item.get("choices") or []
+    out = [q + " " + " ".join(choices)] if choices else []
+    out.append(q + " " + str(item.get("answer_text", "")))
+    if item.get("explanation"):
+        out.append(item["explanation"])
+    return out
+
+
+def n_for(length: int, n: int, n_min: int) -> int | None:
+    if length >= n_min:
+        return min(n, max(n_min, length // 2))
+    return length if length >= MIN_WHOLE else None
+
+
+@dataclass
+class Index:
+    hashes: np.ndarray  # sorted uint64
+    item_of: np.ndarray  # int32, parallel to hashes
+    items: list[dict]  # {id, task, split, text}
+    ns: list[int]  # n values in use
+    stats: dict
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "hashes.npy", self.hashes)
+        np.save(folder / "item_of.npy", self.item_of)
+        (folder / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in self.items))
+        (folder / "index.json").write_text(json.dumps({"ns": self.ns, "stats": self.stats}, indent=1))
+
+    @staticmethod
+    def load(folder: Path) -> "Index":
+        meta = json.loads((folder / "index.json").read_text())
+        items = [json.loads(l) for l in (folder / "items.jsonl").read_text().splitlines()]
+        return Index(np.load(folder / "hashes.npy"), np.load(folder / "item_of.npy"), items, meta["ns"],
+                     meta["stats"])
+
+
+def build(eval_docs: list[dict], train_docs: list[dict], n: int = 13, n_min: int = 8,
+          max_item_freq: int = 10) -> Index:
+    """eval_docs: {id, task, split, query, choices, gold}; train_docs: the same shape (their n-grams are allowed)."""
+    wh = WordHasher()
+    hs, owners, ns = [], [], set()
+    unindexed = 0
+    items = []
+    for i, doc in enumerate(eval_docs):
+        items.append({"id": doc["id"], "task": doc["task"], "split": doc["split"],
+                      "text": eval_sequences(doc)[-1][:300]})
+        grams = []
+        for seq in eval_sequences(doc):
+            w = wh(words(seq))
+            k = n_for(len(w), n, n_min)
+            if k is not None:
+                grams.append(ngram_hashes(w, k))
+                ns.add(k)
+        if not grams:
+            unindexed += 1
+            continue
+        h = np.unique(np.concatenate(grams))  # one entry per (n-gram, item)
+        hs.append(h)
+        owners.append(np.full(len(h), i, dtype=np.int32))
+    hashes = np.concatenate(hs) if hs else np.empty(0, np.uint64)
+    item_of = np.concatenate(owners) if owners else np.empty(0, np.int32)
+    uniq, counts = np.unique(hashes, return_counts=True)
+    common = uniq[counts >= max_item_freq]  # n-grams shared by many eval items are templates
+    # n-grams of the training splits are allowed. All train sequences are hashed as one stream: an n-gram that
+    # spans two documents is noise that can only (with negligible probability) remove an index entry.
+    stream = wh([x for doc in train_docs for seq in eval_sequences(doc) for x in words(seq)])
+    in_train = np.zeros(len(uniq), dtype=bool)
+    for k in sorted(ns):
+        in_train |= member(uniq, np.sort(ngram_hashes(stream, k)))
+    del stream
+    drop_h = np.union1d(common, uniq[in_train])
+    drop = member(hashes, drop_h)
+    kept_h, kept_i = hashes[~drop], item_of[~drop]
+    total = len(uniq)
+    stats = {"eval_items": len(eval_docs), "unindexed_items": unindexed, "ngrams": total,
+             "ngrams_kept": int(total - len(drop_h)), "ngrams_in_train_splits": int(in_train.sum()),
+             "ngrams_shared_by_many_items": int(len(common)), "train_docs": len(train_docs),
+             "n": n, "n_min": n_min, "max_item_freq": max_item_freq,
+             "items_per_task": dict(collections.Counter(d["task"] for d in eval_docs))}
+    order = np.argsort(kept_h, kind="stable")
+    return Index(kept_h[order], kept_i[order], items, sorted(ns), stats)
+
+
+class Checker:
+    """Matches texts against an index; memoises word hashes across calls."""
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.wh = WordHasher()
+
+    def matches(self, texts: list[str]) -> dict[int, str]:
+        """eval item index -> the first matching n-gram (as words), over all of `texts` together."""
+        out: dict[int, str] = {}
+        for hits in self.matches_each(texts):
+            for i, g in hits.items():
+                out.setdefault(i, g)
+        return out
+
+    def matches_each(self, texts: list[str]) -> list[dict[int, str]]:
+        """Per text: eval item index -> the first matching n-gram. The texts are hashed as one stream (one numpy
+        pass and one sorted lookup per n for the whole batch); n-grams spanning two texts are masked out."""
+        idx = self.index
+        ws = [words(t) for t in texts]
+        out: list[dict[int, str]] = [{} for _ in texts]
+        if not len(idx.hashes) or not texts:
+            return out
+        lens = np.fromiter((len(w) for w in ws), dtype=np.int64, count=len(ws))
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        doc_of = np.repeat(np.arange(len(texts)), lens)
+        stream = self.wh([x for w in ws for x in w])
+        for k in idx.ns:
+            h = ngram_hashes(stream, k)
+            if not len(h):
+                continue
+            ok = doc_of[: len(h)] == doc_of[k - 1:]  # inside one text
+            # sorted needles: numpy's binary search then starts from the previous answer (several times faster
+            # than random order on a large index)
+            order = np.argsort(h)
+            lo = np.empty(len(h), dtype=np.int64)
+            lo[order] = np.searchsorted(idx.hashes, h[order], "left")
+            found = idx.hashes[np.minimum(lo, len(idx.hashes) - 1)] == h
+            for pos in np.nonzero(found & ok)[0]:
+                d = int(doc_of[pos])
+                j = int(lo[pos])
+                while j < len(idx.hashes) and idx.hashes[j] == h[pos]:
+                    p0 = int(pos - starts[d])
+                    out[d].setdefault(int(idx.item_of[j]), " ".join(ws[d][p0:p0 + k]))
+                    j += 1
+        return out
+
+
+def check_items(index: Index, items: list[dict], examples: int = 3) -> tuple[list[dict], list[dict], dict]:
+    """(clean items, dropped items, report per eval task: matched items, drops, examples)."""
+    ck = Checker(index)
+    clean, dropped = [], []
+    report: dict[str, dict] = {}
+    seqs = [(n, seq) for n, it in enumerate(items) for seq in item_sequences(it)]
+    per_item: list[dict[int, str]] = [{} for _ in items]
+    for i in range(0, len(seqs), 1024):
+        chunk = seqs[i:i + 1024]
+        for (n, _), hits in zip(chunk, ck.matches_each([q for _, q in chunk])):
+            for e, g in hits.items():
+                per_item[n].setdefault(e, g)
+    for it, hits in zip(items, per_item):
+        if not hits:
+            clean.append(it)
+            continue
+        dropped.append({**it, "contaminates": sorted({index.items[i]["id"] for i in hits})})
+        for i, gram in hits.items():
+            e = index.items[i]
+            r = report.setdefault(e["task"], {"matched_eval_items": set(), "dropped": set(), "examples": []})
+            r["matched_eval_items"].add(e["id"])
+            r["dropped"].add(it["item_id"])
+            if len(r["examples"]) < examples:
+                r["examples"].append({"item": it["item_id"], "eval_item": e["id"], "ngram": gram,
+                                      "eval_text": e["text"][:200]})
+    return clean, dropped, _finish(report)
+
+
+def check_documents(index: Index, docs, examples: int = 3) -> dict:
+    """Report-only check of a corpus: per eval task, the eval items some document matches."""
+    ck = Checker(index)
+    report: dict[str, dict] = {}
+    n_docs = n_words = 0
+
+    def flush(batch: list[str], first: int) -> None:
+        for d, hits in enumerate(ck.matches_each(batch), start=first):
+            for i, gram in hits.items():
+                e = index.items[i]
+                r = report.setdefault(e["task"], {"matched_eval_items": set(), "dropped": set(), "examples": []})
+                r["matched_eval_items"].add(e["id"])
+                r["dropped"].add(d)
+                if len(r["examples"]) < examples:
+                    r["examples"].append({"document": d, "eval_item": e["id"], "ngram": gram,
+                                          "eval_text": e["text"][:200]})
+
+    batch: list[str] = []
+    batch_chars = 0
+    for text in docs:
+        batch.append(text)
+        n_docs += 1
+        n_words += len(text.split())
+        batch_chars += len(text)
+        if batch_chars >= 4_000_000:  # larger batches make the sorted lookups denser, hence faster
+            flush(batch, n_docs - len(batch))
+            batch, batch_chars = [], 0
+    flush(batch, n_docs - len(batch))
+    out = _finish(report)
+    for r in out.values():
+        r["documents"] = r.pop("dropped")
+    return {"documents": n_docs, "words": n_words, "per_task": out}
+
+
+def _finish(report: dict) -> dict:
+    return {t: {"matched_eval_items": len(r["matched_eval_items"]), "dropped": len(r["dropped"]),
+                "examples": r["examples"]} for t, r in sorted(report.items())}

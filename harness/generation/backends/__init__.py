@@ -1,0 +1,84 @@
+"""Generation backends behind one small interface.
+
+A backend takes chat requests and reports each completion through a callback as it arrives, in any order; the
+caller keys results by Request.key. Backends: `openai` (any OpenAI-compatible server: `vllm serve` on GPU nodes,
+`transformers serve` on a CPU), `transformers` (local batched generation), `vllm` (the offline engine; GPU extra,
+imported lazily). Registered by name so that a recipe names one and a new one needs no if-chain elsewhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str  # the caller's id, e.g. "gen/offline_arc_easy/train/12#1"
+    messages: tuple  # ((role, content), ...)
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+    def as_chat(self) -> list[dict]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    error: str | None = None  # the request was refused for itself (e.g. prompt too long); the run goes on
+
+
+class GenerationError(RuntimeError):
+    """The backend cannot go on (server dead after retries, model missing): the stage stops, publishes nothing."""
+
+
+@dataclass
+class BackendOptions:
+    model: str  # a model folder, or the name a server knows the model by
+    base_url: str | None = None  # openai: http://127.0.0.1:8000/v1
+    concurrency: int = 32
+    timeout: float = 300.0
+    max_retries: int = 5
+    batch_size: int = 16  # local backends
+    extra: dict = field(default_factory=dict)
+
+
+class Backend:
+    name: ClassVar[str]
+
+    def __init__(self, opts: BackendOptions):
+        self.opts = opts
+
+    def generate(self, requests: list[Request], on_done: Callable[[Request, Completion], None]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def make(name: str, opts: BackendOptions) -> Backend:
+    from harness.generation.backends import hf_local, openai, vllm_offline  # noqa: F401  (registration)
+
+    if name not in REGISTRY:
+        near = difflib.get_close_matches(name, REGISTRY, n=1)
+        raise KeyError(f"unknown generation backend '{name}'" + (f" (did you mean '{near[0]}'?)" if near else "")
+                       + f"; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](opts)
+
+
+BACKENDS = ("openai", "transformers", "vllm")  # for recipe validation without importing the backends

@@ -1,0 +1,29 @@
+"""vLLM's offline engine on a GPU node (the `gpu` extra). Imported only when a recipe asks for it, so that nothing
+here is needed to import, test or run on a CPU."""
+
+from __future__ import annotations
+
+from harness.generation.backends import Backend, Completion, GenerationError, register
+
+
+@register
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, opts):
+        super().__init__(opts)
+        try:
+            from vllm import LLM, SamplingParams  # noqa: F401
+        except Exception as e:  # ImportError, or a CUDA-less import failure
+            raise GenerationError(f"the vllm backend needs a GPU node with the gpu extra (pip install '.[gpu]'); "
+                                  f"importing vllm failed: {type(e).__name__}: {str(e)[:200]}") from None
+        self._sampling = SamplingParams
+        self.llm = LLM(model=opts.model, seed=0, **opts.extra)
+
+    def generate(self, requests, on_done) -> None:
+        params = [self._sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p, seed=r.seed)
+                  for r in requests]
+        outs = self.llm.chat([r.as_chat() for r in requests], params, use_tqdm=False)
+        for r, o in zip(requests, outs):
+            c = o.outputs[0]
+            on_done(r, Completion(c.text, len(o.prompt_token_ids), len(c.token_ids), c.finish_reason or "stop"))

@@ -1,0 +1,86 @@
+"""Runs rounds of requests through the request cache and a backend, with a progress bar (items/s, tokens/s).
+
+The backend (and a managed server) is made only when some request is not cached, so a rerun of a finished or
+nearly finished stage starts nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from contextlib import ExitStack
+from typing import Callable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.generation.backends import Backend, Completion, Request
+from harness.generation.cache import RequestCache
+
+
+def request_seed(base: int, key: str) -> int:
+    """A per-request sampling seed from the recipe's seed and the request key: independent of order and batching."""
+    return int(hashlib.sha256(f"{base}:{key}".encode()).hexdigest()[:8], 16)
+
+
+class Driver:
+    def __init__(self, cache: RequestCache, make_backend: Callable[[ExitStack], Backend], log: logging.Logger):
+        self.cache, self.make_backend, self.log = cache, make_backend, log
+        self.stack = ExitStack()
+        self.backend: Backend | None = None
+        self.counts = {"requests": 0, "cached": 0, "generated": 0, "refused": 0, "prompt_tokens": 0,
+                       "completion_tokens": 0, "seconds": 0.0}
+
+    def close(self) -> None:
+        try:
+            if self.backend is not None:
+                self.backend.close()
+        finally:
+            self.cache.commit()
+            self.stack.close()
+
+    def run(self, label: str, requests: list[Request]) -> dict[str, Completion]:
+        out: dict[str, Completion] = {}
+        todo = []
+        for r in requests:
+            c = self.cache.get(r)
+            if c is None:
+                todo.append(r)
+            else:
+                out[r.key] = c
+        self.counts["requests"] += len(requests)
+        self.counts["cached"] += len(out)
+        self.log.info("%s: %d requests, %d cached, %d to generate", label, len(requests), len(out), len(todo))
+        if not todo:
+            return out
+        if self.backend is None:
+            self.backend = self.make_backend(self.stack)
+        t0, toks, last_log = time.perf_counter(), [0], [time.perf_counter()]
+        cols = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn()]
+        with Progress(*cols, transient=False) as bar:
+            task = bar.add_task(label, total=len(todo), rate="")
+
+            def done(r: Request, c: Completion) -> None:
+                out[r.key] = c
+                if c.error:
+                    self.counts["refused"] += 1
+                    self.log.warning("request %s refused: %s", r.key, c.error)
+                self.cache.put(r, c)
+                self.counts["prompt_tokens"] += c.prompt_tokens
+                self.counts["completion_tokens"] += c.completion_tokens
+                toks[0] += c.completion_tokens
+                dt = max(1e-9, time.perf_counter() - t0)
+                n = len(out) - (len(requests) - len(todo))
+                rate = f"{n / dt:.2f} items/s {toks[0] / dt:.0f} tok/s"
+                bar.update(task, advance=1, rate=rate)
+                if time.perf_counter() - last_log[0] > 30:  # the log file gets the progress too
+                    last_log[0] = time.perf_counter()
+                    self.log.info("%s: %d/%d, %s", label, n, len(todo), rate)
+
+            self.backend.generate(todo, done)
+        self.cache.commit()
+        dt = time.perf_counter() - t0
+        self.counts["generated"] += len(todo)
+        self.counts["seconds"] += dt
+        self.log.info("%s: generated %d in %.1f s (%.0f completion tokens/s)", label, len(todo), dt, toks[0] / dt)
+        return out

@@ -1,0 +1,157 @@
+"""Q&A formats: how an item is shown to the generator (few-shot examples) and how its output is parsed back.
+
+Parsing is strict: an output that does not match its format exactly is dropped, and the reason is counted."""
+
+from __future__ import annotations
+
+import re
+
+LETTERS = "ABCDEFGH"
+YES_NO = {"yes", "no", "true", "false"}
+
+
+class Malformed(ValueError):
+    """reason is one of a small set of names counted in the manifest."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def item_type(seed: dict) -> str:
+    """mc | completion | yesno | open, from a seed's shape."""
+    choices = seed.get("choices")
+    if not choices:
+        return "open"
+    if {str(c).strip().lower() for c in choices} <= YES_NO:
+        return "yesno"
+    return "mc" if seed["question"].rstrip().endswith("?") else "completion"
+
+
+def show(item: dict, kind: str, with_answer: bool = True) -> str:
+    """An item in the format the generator is asked to write."""
+    lines = []
+    if kind == "yesno" and item.get("context"):
+        lines.append(f"Passage: {item['context']}")
+    lines.append(f"Question: {item['question']}")
+    if kind in ("mc", "completion"):
+        lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(item["choices"])]
+        if with_answer:
+            lines.append(f"Answer: {LETTERS[item['answer_index']]}")
+    elif with_answer:
+        lines.append(f"Answer: {item['answer_text']}")
+    return "\n".join(lines)
+
+
+_FIELD = re.compile(r"^(Passage|Question|Answer|[A-H])[.:)]\s*(.*)$")
+
+
+def _fields(text: str) -> list[tuple[str, str]]:
+    """Lines of `Label: value`; an unlabelled line continues the previous field."""
+    out: list[list[str]] = []
+    for raw in text.strip().splitlines():
+        line = raw.strip().strip("*").strip()
+        if not line:
+            continue
+        m = _FIELD.match(line)
+        if m:
+            out.append([m.group(1), m.group(2).strip()])
+        elif out:
+            out[-1][1] = f"{out[-1][1]} {line}".strip()
+        else:
+            raise Malformed("text_before_question")
+    return [(k, v) for k, v in out]
+
+
+def _first_block(text: str, kind: str) -> str:
+    """A preamble ("Here is a new question:") is skipped; of several Question blocks the first one that has an
+    answer is taken (a small model often writes one, then starts another)."""
+    lines = text.strip().splitlines()
+    label = "Passage:" if kind == "yesno" and any(l.strip().startswith("Passage:") for l in lines) else "Question:"
+    starts = [i for i, l in enumerate(lines) if l.strip().strip("*").strip().startswith(label)]
+    if not starts:
+        raise Malformed("no_question")
+    bounds = starts + [len(lines)]
+    for a, b in zip(bounds, bounds[1:]):
+        block = lines[a:b]
+        if any(l.strip().strip("*").strip().startswith("Answer") for l in block):
+            return "\n".join(block)
+    return "\n".join(lines[starts[0]:])
+
+
+def parse(text: str, kind: str, n_options: int | None = None, max_chars: int = 1500) -> dict:
+    """One item of `kind` from a generator's output, or Malformed(reason)."""
+    if not text.strip():
+        raise Malformed("empty")
+    if len(text) > max_chars:
+        raise Malformed("too_long")
+    text = _first_block(text, kind)
+    fields = _fields(text)
+    labels = [k for k, _ in fields]
+    if labels.count("Question") != 1:
+        raise Malformed("no_question" if "Question" not in labels else "several_questions")
+    if labels.count("Answer") != 1:
+        raise Malformed("no_answer" if "Answer" not in labels else "several_answers")
+    d = dict(fields)
+    q, a = d["Question"], d["Answer"].strip()
+    if len(q) < 8:
+        raise Malformed("question_too_short")
+    if labels[-1] != "Answer":
+        raise Malformed("text_after_answer")
+    item = {"question": q, "context": d.get("Passage") or None, "choices": None, "answer_index": None}
+    if kind in ("mc", "completion"):
+        opts = [(k, v) for k, v in fields if len(k) == 1]
+        letters = "".join(k for k, _ in opts)
+        if len(opts) < 2 or letters != LETTERS[:len(opts)]:
+            raise Malformed("bad_options")
+        if n_options and len(opts) != n_options:
+            raise Malformed("wrong_number_of_options")
+        choices = [v for _, v in opts]
+        if any(not c for c in choices) or len({c.lower() for c in choices}) < len(choices):
+            raise Malformed("duplicate_or_empty_options")
+        m = re.match(r"^([A-H])\b", a)
+        if not m or m.group(1) not in letters:
+            raise Malformed("answer_not_an_option")
+        idx = letters.index(m.group(1))
+        item.update(choices=choices, answer_index=idx, answer_text=choices[idx])
+    elif kind == "yesno":
+        m = re.match(r"^(yes|no|true|false)\b", a, re.I)
+        if not m:
+            raise Malformed("answer_not_yes_no")
+        word = m.group(1).lower()
+        ans = {"true": "yes", "false": "no"}.get(word, word)
+        item.update(choices=["yes", "no"], answer_index=0 if ans == "yes" else 1, answer_text=ans)
+    else:
+        if not a or len(a) > 400:
+            raise Malformed("bad_answer_length")
+        item["answer_text"] = a
+    if q.lower() in a.lower():
+        raise Malformed("answer_repeats_question")
+    return item
+
+
+_PAIR = re.compile(r"Question:\s*(.+?)\s*\n+\s*Answer:\s*(.+?)\s*(?=\n+\s*Question:|\Z)", re.S)
+
+
+def parse_pairs(text: str, max_pairs: int) -> tuple[list[dict], list[str]]:
+    """Several `Question:/Answer:` pairs (the unseeded control): the well-formed ones, and reasons for the rest."""
+    items, bad = [], []
+    chunks = [c for c in re.split(r"\n\s*(?=Question:)", "\n" + text.strip()) if c.strip()]
+    for chunk in chunks[:max_pairs]:
+        chunk = re.sub(r"^\s*\d+[.)]\s*", "", chunk.strip())
+        try:
+            items.append(parse(chunk, "open"))
+        except Malformed as e:
+            bad.append(e.reason)
+    bad += ["too_many_pairs"] * max(0, len(chunks) - max_pairs)
+    if not chunks:
+        bad.append("no_question")
+    return items, bad
+
+
+def parse_letter(text: str, n_options: int) -> int | None:
+    """The option a verifier chose: the first standalone letter A.. in its reply (None if there is none)."""
+    m = re.search(r"\b([A-H])\b", text.strip())
+    if not m or LETTERS.index(m.group(1)) >= n_options:
+        return None
+    return LETTERS.index(m.group(1))

@@ -1,0 +1,152 @@
+"""From seeds (or corpus passages) to parsed, enriched and verified Q&A items.
+
+Task-seeded: for each seed and sample index, the generator sees few-shot examples from the same subtask (the seed
+first) and writes one new item of the seed's type; with probability `context_share` it is grounded in a corpus
+passage. Unseeded control: diverse Q&A pairs written from a corpus passage alone. Then, optionally, an
+explanation per item (enrichment) and majority verification of items with options: the generator answers its own
+question `votes` times, options shuffled each time, without the key; the item stays when the majority agrees.
+Every item is keyed by (seed or passage id, sample index), so reruns neither duplicate nor skip."""
+
+from __future__ import annotations
+
+import collections
+import random
+from dataclasses import dataclass
+
+from harness.generation import parse as fmt
+from harness.generation.backends import Request
+from harness.generation.driver import Driver, request_seed
+from harness.generation.prompts import Templates
+
+TASK_DESCRIPTIONS = {
+    "arc_easy": "grade-school science", "arc_challenge": "hard grade-school science",
+    "boolq": "reading comprehension (yes/no questions about a passage)", "csqa": "commonsense knowledge",
+    "hellaswag": "commonsense about how everyday activities continue", "openbookqa": "elementary science facts",
+    "piqa": "physical commonsense (how to do everyday things)", "socialiqa": "social commonsense (people's "
+    "motivations and reactions)", "winogrande": "commonsense pronoun and reference resolution",
+}
+
+
+def describe(task: str) -> str:
+    base = task.removeprefix("offline_")
+    return TASK_DESCRIPTIONS.get(base, f"general knowledge ({base.replace('_', ' ')})")
+
+
+@dataclass
+class Sampling:
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+
+    def request(self, key: str, prompt: str, temperature: float | None = None, max_tokens: int | None = None):
+        return Request(key, (("user", prompt),), max_tokens or self.max_tokens,
+                       self.temperature if temperature is None else temperature, self.top_p,
+                       request_seed(self.seed, key))
+
+
+def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages: list[dict],
+                    s: Sampling) -> tuple[list[Request], dict]:
+    """One request per (seed, sample); meta maps request key -> what parsing needs."""
+    by_sub = collections.defaultdict(list)
+    for seed in seeds:
+        by_sub[seed["subtask"]].append(seed)
+    reqs, meta = [], {}
+    for seed in seeds:
+        kind = fmt.item_type(seed)
+        for k in range(cfg["samples_per_seed"]):
+            key = f"gen:{seed['seed_id']}#{k}"
+            rng = random.Random(request_seed(s.seed, key))
+            others = [x for x in by_sub[seed["subtask"]] if x["seed_id"] != seed["seed_id"]]
+            shots = [seed] + rng.sample(others, min(len(others), max(0, cfg["fewshot"] - 1)))
+            passage = rng.choice(passages) if passages and rng.random() < cfg["context_share"] else None
+            n_opt = len(seed["choices"]) if seed.get("choices") and kind != "yesno" else None
+            prompt = tpl.render(f"similar_{kind}", task_description=describe(seed["task"]),
+                                examples=[fmt.show(x, kind) for x in shots], n_options=n_opt or 0,
+                                letters=fmt.LETTERS[:n_opt or 0], passage=passage["text"] if passage else None,
+                                with_passage=bool(seed.get("context")))
+            reqs.append(s.request(key, prompt))
+            meta[key] = {"item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"], "task": seed["task"],
+                         "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
+                         "passage_id": passage["passage_id"] if passage else None}
+    return reqs, meta
+
+
+def unseeded_requests(passages: list[dict], cfg: dict, tpl: Templates, s: Sampling) -> tuple[list[Request], dict]:
+    reqs, meta = [], {}
+    for p in passages:
+        for k in range(cfg["samples_per_seed"]):
+            key = f"unseeded:{p['passage_id']}#{k}"
+            reqs.append(s.request(key, tpl.render("unseeded_qa", passage=p["text"], n_pairs=cfg["pairs_per_passage"])))
+            meta[key] = {"item_id": f"{p['passage_id']}#{k}", "seed_id": None, "task": "unseeded",
+                         "subtask": "unseeded", "type": "open", "n_options": None, "passage_id": p["passage_id"]}
+    return reqs, meta
+
+
+def parse_round(completions: dict, meta: dict, pairs: int = 0) -> tuple[list[dict], collections.Counter]:
+    items, dropped = [], collections.Counter()
+    for key in sorted(meta):
+        c, m = completions[key], meta[key]
+        if c.error:
+            dropped["refused_by_server"] += 1
+            continue
+        if pairs:
+            parsed, bad = fmt.parse_pairs(c.text, pairs)
+            dropped.update(bad)
+            for j, it in enumerate(parsed):
+                kind = "yesno" if it["answer_text"].split(" ")[0].strip(".,").lower() in ("yes", "no") else "open"
+                items.append({**m, **it, "item_id": f"{m['item_id']}.{j}", "type": kind})
+            continue
+        try:
+            items.append({**m, **fmt.parse(c.text, m["type"], m["n_options"])})
+        except fmt.Malformed as e:
+            dropped[e.reason] += 1
+    return items, dropped
+
+
+def enrich(items: list[dict], driver: Driver, tpl: Templates, s: Sampling) -> collections.Counter:
+    reqs = [s.request(f"enrich:{it['item_id']}", tpl.render("enrich", item=fmt.show(it, it["type"]),
+                                                            answer=it["answer_text"]), max_tokens=96)
+            for it in items]
+    got = driver.run("enrich", reqs)
+    bad = collections.Counter()
+    for it, r in zip(items, reqs):
+        text = " ".join(got[r.key].text.split())
+        ok = not got[r.key].error and 20 <= len(text) <= 600 and "Question:" not in text
+        it["explanation"] = text if ok else None
+        bad["explanation_missing" if not ok else "explained"] += 1
+    return bad
+
+
+def verify(items: list[dict], votes: int, driver: Driver, tpl: Templates, s: Sampling) -> collections.Counter:
+    """Majority verification of items with options; others are marked unverified (kept)."""
+    counts = collections.Counter()
+    reqs, perms = [], {}
+    for it in items:
+        if not it.get("choices") or votes < 1:
+            continue
+        for v in range(votes):
+            key = f"verify:{it['item_id']}#{v}"
+            perm = list(range(len(it["choices"])))
+            random.Random(request_seed(s.seed, key)).shuffle(perm)
+            shown = {**it, "choices": [it["choices"][i] for i in perm]}
+            kind = "mc" if it["type"] == "yesno" else it["type"]
+            reqs.append(s.request(key, tpl.render("verify", question=fmt.show(shown, kind, with_answer=False)),
+                                  max_tokens=8))
+            perms[key] = perm
+    got = driver.run("verify", reqs) if reqs else {}
+    for it in items:
+        if not it.get("choices") or votes < 1:
+            it["verified"], it["votes"] = None, None
+            counts["unverified"] += 1
+            continue
+        tally = collections.Counter()
+        for v in range(votes):
+            key = f"verify:{it['item_id']}#{v}"
+            pick = fmt.parse_letter(got[key].text, len(it["choices"])) if not got[key].error else None
+            if pick is not None:
+                tally[perms[key][pick]] += 1
+        it["votes"] = [tally.get(i, 0) for i in range(len(it["choices"]))]
+        it["verified"] = tally.get(it["answer_index"], 0) * 2 > votes
+        counts["verified" if it["verified"] else "failed_verification"] += 1
+    return counts

@@ -1,0 +1,107 @@
+"""A managed inference server: the generation stage starts `transformers serve` (CPU) or `vllm serve` (GPU) on
+127.0.0.1 itself, waits until it answers, and stops it by its pid afterwards, whatever happened."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from harness.generation.backends import GenerationError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command(kind: str, model: str, port: int, extra: list[str]) -> list[str]:
+    if kind == "transformers":
+        exe = shutil.which("transformers", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+        if exe is None:
+            raise GenerationError("`transformers serve` is not installed (pip install 'transformers[serving]')")
+        return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--continuous-batching",
+                "--device", "cpu", "--dtype", "float32", *extra]
+    if kind == "vllm":
+        exe = shutil.which("vllm")
+        if exe is None:
+            raise GenerationError("`vllm serve` is not installed: managed vllm servers need a GPU node with the gpu "
+                                  "extra (pip install '.[gpu]')")
+        return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra]
+    raise GenerationError(f"unknown server kind '{kind}' (transformers, vllm)")
+
+
+class ManagedServer:
+    """Context manager; `base_url` is the OpenAI API root. The server's output goes to `log_path`."""
+
+    def __init__(self, kind: str, model: str, log_path: Path, port: int | None = None, startup_timeout: float = 300,
+                 extra_args: list[str] | None = None):
+        self.kind, self.model, self.log_path = kind, model, Path(log_path)
+        self.port = port or free_port()
+        self.startup_timeout = startup_timeout
+        self.cmd = _command(kind, model, self.port, list(extra_args or []))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def start(self) -> "ManagedServer":
+        env = dict(os.environ)
+        # transformers serve answers 500 on /v1/models unless the hub cache folder exists; keep it in the run
+        hub = self.log_path.parent / "hf-hub"
+        hub.mkdir(parents=True, exist_ok=True)
+        env.setdefault("HF_HUB_CACHE", str(hub))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)  # its own group: stopped with all its children
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GenerationError(f"{self.kind} server exited with status {self.proc.returncode} while starting "
+                                      f"({' '.join(self.cmd)}); its log {self.log_path}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise GenerationError(f"{self.kind} server not healthy after {self.startup_timeout:.0f} s; log "
+                              f"{self.log_path}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> "ManagedServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

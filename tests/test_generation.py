@@ -178,3 +178,26 @@ def test_vllm_backend_on_a_cpu_is_a_clear_error(tmp_path, suite_store, cli):
                    experiment="vllm")
     code, out = cli("run", path, "--only", "generate")
     assert code == 1 and "the vllm backend needs a GPU node with the gpu extra" in " ".join(out.split())
+
+
+def test_managed_server_dies_with_a_killed_stage(tmp_path, suite_store):
+    syn = {"uqa": {**UNSEEDED, "passages": 4}}
+    path = _recipe(tmp_path, suite_store, syn, {}, experiment="orphan")
+    started = time.time()
+    proc = _run_bg(path, "--only", "generate")
+
+    def servers():
+        return [p for p in psutil.process_iter(["cmdline", "create_time"])
+                if p.info["create_time"] >= started - 1 and "serve" in (p.info["cmdline"] or [])
+                and MODEL in (p.info["cmdline"] or [])]
+
+    t0 = time.time()
+    while not servers():
+        assert proc.poll() is None and time.time() - t0 < 120, "the stage never started its server"
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)  # the stage's group; the server has its own
+    proc.wait()
+    t0 = time.time()
+    while servers():
+        assert time.time() - t0 < 30, "the managed server outlived its stage"
+        time.sleep(0.3)

@@ -23,6 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the stage that started it dies, even by SIGKILL (no orphan servers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _command(kind: str, model: str, port: int, extra: list[str]) -> list[str]:
     if kind == "transformers":
         exe = shutil.which("transformers", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
@@ -69,7 +79,8 @@ class ManagedServer:
         env.setdefault("HF_HUB_OFFLINE", "1")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)  # its own group: stopped with all its children
+                                     start_new_session=True,  # its own group: stopped with all its children
+                                     preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

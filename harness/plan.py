@@ -204,10 +204,10 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
 
     syn, g = recipe.synthetic[name], recipe.generator
     _ensure_index(recipe, stages)
-    templates = Templates(g.templates).hashes(["unseeded_qa"] if syn.kind == "unseeded_qa" else
-                                              ["similar_mc", "similar_completion", "similar_yesno", "similar_open"])
-    extra = (["enrich"] if syn.enrich else []) + (["verify"] if syn.verify_votes else [])
-    templates.update(Templates(g.templates).hashes(extra))
+    used = ["unseeded_qa"] if syn.kind == "unseeded_qa" else \
+        ["similar_mc", "similar_completion", "similar_yesno", "similar_open"]
+    used += (["enrich"] if syn.enrich else []) + (["verify"] if syn.verify_votes else [])
+    templates = Templates(g.templates).hashes(used)
     gen = {"backend": g.backend, "model": g.model, "temperature": g.temperature, "top_p": g.top_p,
            "max_tokens": g.max_tokens}
     if g.backend == "transformers":
@@ -216,8 +216,8 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
               "context_share": syn.context_share, "passages": syn.passages,
               "pairs_per_passage": syn.pairs_per_passage, "enrich": syn.enrich, "verify_votes": syn.verify_votes,
               "generator": gen, "model_id": model_identity(g, store), "templates": templates}
-    runtime = {"server": g.server, "server_kind": g.server_kind, "concurrency": g.concurrency, "timeout": g.timeout, "max_retries": g.max_retries,
-               "startup_timeout": g.startup_timeout, "templates": g.templates,
+    runtime = {"server": g.server, "server_kind": g.server_kind, "concurrency": g.concurrency, "timeout": g.timeout,
+               "max_retries": g.max_retries, "startup_timeout": g.startup_timeout, "templates": g.templates,
                "request_cache": str(store.root / "_cache" / "requests.sqlite")}
     if syn.context_corpus and (syn.kind == "unseeded_qa" or syn.context_share > 0):
         c = recipe.corpora[syn.context_corpus]

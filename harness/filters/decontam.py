@@ -185,14 +185,7 @@ def check_items(index: Index, items: list[dict], examples: int = 3) -> tuple[lis
             clean.append(it)
             continue
         dropped.append({**it, "contaminates": sorted({index.items[i]["id"] for i in hits})})
-        for i, gram in hits.items():
-            e = index.items[i]
-            r = report.setdefault(e["task"], {"matched_eval_items": set(), "dropped": set(), "examples": []})
-            r["matched_eval_items"].add(e["id"])
-            r["dropped"].add(it["item_id"])
-            if len(r["examples"]) < examples:
-                r["examples"].append({"item": it["item_id"], "eval_item": e["id"], "ngram": gram,
-                                      "eval_text": e["text"][:200]})
+        _note(report, index, hits, "item", it["item_id"], examples)
     return clean, dropped, _finish(report)
 
 
@@ -204,14 +197,7 @@ def check_documents(index: Index, docs, examples: int = 3) -> dict:
 
     def flush(batch: list[str], first: int) -> None:
         for d, hits in enumerate(ck.matches_each(batch), start=first):
-            for i, gram in hits.items():
-                e = index.items[i]
-                r = report.setdefault(e["task"], {"matched_eval_items": set(), "dropped": set(), "examples": []})
-                r["matched_eval_items"].add(e["id"])
-                r["dropped"].add(d)
-                if len(r["examples"]) < examples:
-                    r["examples"].append({"document": d, "eval_item": e["id"], "ngram": gram,
-                                          "eval_text": e["text"][:200]})
+            _note(report, index, hits, "document", d, examples)
 
     batch: list[str] = []
     batch_chars = 0
@@ -228,6 +214,17 @@ def check_documents(index: Index, docs, examples: int = 3) -> dict:
     for r in out.values():
         r["documents"] = r.pop("dropped")
     return {"documents": n_docs, "words": n_words, "per_task": out}
+
+
+def _note(report: dict, index: Index, hits: dict[int, str], what: str, who, examples: int) -> None:
+    """Record that `who` (an item id or a document number) matches the eval items in `hits`."""
+    for i, gram in hits.items():
+        e = index.items[i]
+        r = report.setdefault(e["task"], {"matched_eval_items": set(), "dropped": set(), "examples": []})
+        r["matched_eval_items"].add(e["id"])
+        r["dropped"].add(who)
+        if len(r["examples"]) < examples:
+            r["examples"].append({what: who, "eval_item": e["id"], "ngram": gram, "eval_text": e["text"][:200]})
 
 
 def _finish(report: dict) -> dict:

@@ -42,9 +42,5 @@ class RequestCache:
                          c.finish_reason, time.time()))
         self.db.commit()
 
-    def commit(self) -> None:
-        self.db.commit()
-
     def close(self) -> None:
-        self.db.commit()
         self.db.close()

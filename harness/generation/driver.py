@@ -35,7 +35,6 @@ class Driver:
             if self.backend is not None:
                 self.backend.close()
         finally:
-            self.cache.commit()
             self.stack.close()
 
     def run(self, label: str, requests: list[Request]) -> dict[str, Completion]:
@@ -78,7 +77,6 @@ class Driver:
                     self.log.info("%s: %d/%d, %s", label, n, len(todo), rate)
 
             self.backend.generate(todo, done)
-        self.cache.commit()
         dt = time.perf_counter() - t0
         self.counts["generated"] += len(todo)
         self.counts["seconds"] += dt

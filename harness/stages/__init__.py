@@ -8,6 +8,7 @@ manifests, and a logger. The same `run` is called by every executor.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,24 @@ class StageContext:
     manifests: dict[str, dict]
     log: logging.Logger
     final_dir: Path = Path()  # where workdir will be published (for outputs that must name their final paths)
+
+    def input_rows(self, name: str) -> list[dict]:
+        """The JSONL rows of input `name`: the file its manifest's result names (`file`)."""
+        return read_jsonl(self.inputs[name] / self.manifests[name]["result"]["file"])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows) -> int:
+    """Rows as JSON lines; returns how many."""
+    n = 0
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+            n += 1
+    return n
 
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: progress saved, then stopped on request; a rerun (or a requeue) resumes

@@ -5,24 +5,10 @@ base corpus, report only)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from harness.data.readers import ReadStats, read_corpus
 from harness.filters import decontam, dedup
-from harness.stages import Stage, StageContext, register
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-
-
-def _write_jsonl(path: Path, rows) -> int:
-    n = 0
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-            n += 1
-    return n
+from harness.stages import Stage, StageContext, read_jsonl, register, write_jsonl
 
 
 def _report_md(title: str, per_task: dict, what: str) -> str:
@@ -45,7 +31,7 @@ class DecontamIndexStage(Stage):
         evals, train = [], []
         for f in sorted(data.glob("*/*.jsonl")):
             task, split = f.parent.name, f.stem
-            rows = [{**r, "task": task, "split": split} for r in _jsonl(f)]
+            rows = [{**r, "task": task, "split": split} for r in read_jsonl(f)]
             (train if split == "train" else evals).extend(rows)
         index = decontam.build(evals, train, cfg["ngram"], cfg["ngram_min"], cfg["max_item_freq"])
         index.save(ctx.workdir / "index")
@@ -59,20 +45,19 @@ class FilterStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config
-        items = _jsonl(ctx.inputs["items"] / ctx.manifests["items"]["result"]["file"])
-        seeds = _jsonl(ctx.inputs["seeds"] / ctx.manifests["seeds"]["result"]["file"]) if "seeds" in ctx.inputs \
-            else []
+        items = ctx.input_rows("items")
+        seeds = ctx.input_rows("seeds") if "seeds" in ctx.inputs else []
         kept, dup = dedup.dedup(items, seeds, cfg["dedup_threshold"])
         ctx.log.info("dedup: %d of %d kept; %s", len(kept), len(items), dict(dup))
         report, dropped = {}, []
         if cfg["decontaminate"]:
             index = decontam.Index.load(ctx.inputs["index"] / "index")
             kept, dropped, report = decontam.check_items(index, kept)
-            _write_jsonl(ctx.workdir / "contaminated.jsonl", dropped)
+            write_jsonl(ctx.workdir / "contaminated.jsonl", dropped)
         (ctx.workdir / "contamination.json").write_text(json.dumps(report, indent=1))
         (ctx.workdir / "contamination.md").write_text(_report_md("Synthetic items matching eval items", report,
                                                                  "synthetic items dropped"))
-        n = _write_jsonl(ctx.workdir / "items.jsonl", kept)
+        n = write_jsonl(ctx.workdir / "items.jsonl", kept)
         ctx.log.info("decontamination: %d dropped; %d items kept", len(dropped), n)
         return {"file": "items.jsonl", "input": len(items), "deduplicated": dict(dup),
                 "after_dedup": len(items) - sum(dup.values()), "decontaminated": len(dropped), "kept": n,

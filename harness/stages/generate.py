@@ -6,7 +6,6 @@ for what is missing, and its output - assembled in key order at the end - has no
 from __future__ import annotations
 
 import collections
-import json
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from harness.generation.driver import Driver
 from harness.generation.passages import from_corpus
 from harness.generation.prompts import Templates
 from harness.generation.server import ManagedServer
-from harness.stages import Stage, StageContext, register
+from harness.stages import Stage, StageContext, register, write_jsonl
 
 
 def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
@@ -55,10 +54,7 @@ class GenerateStage(Stage):
             c = rt["corpus"]
             passages, _ = from_corpus(c["files"], c["format"], c["text_field"], cfg["passages"], cfg["seed"])
             ctx.log.info("%d passages sampled from %s", len(passages), ", ".join(c["files"])[:200])
-        seeds = []
-        if "seeds" in ctx.inputs:
-            src = ctx.inputs["seeds"] / ctx.manifests["seeds"]["result"]["file"]
-            seeds = [json.loads(l) for l in src.read_text().splitlines()]
+        seeds = ctx.input_rows("seeds") if "seeds" in ctx.inputs else []
         if cfg["kind"] == "task_seeded":
             reqs, meta = pipeline.seeded_requests(seeds, cfg, tpl, passages, samp)
         else:
@@ -69,11 +65,9 @@ class GenerateStage(Stage):
         driver = Driver(cache, _backend_factory(gen, rt, ctx.workdir, served), ctx.log)
         try:
             got = driver.run("generate", reqs)
-            with open(ctx.workdir / "generations.jsonl", "w") as f:
-                for r in reqs:
-                    c = got[r.key]
-                    f.write(json.dumps({"key": r.key, **meta[r.key], "text": c.text, "error": c.error,
-                                        "completion_tokens": c.completion_tokens}) + "\n")
+            write_jsonl(ctx.workdir / "generations.jsonl",
+                        ({"key": r.key, **meta[r.key], "text": got[r.key].text, "error": got[r.key].error,
+                          "completion_tokens": got[r.key].completion_tokens} for r in reqs))
             items, dropped = pipeline.parse_round(got, meta, cfg["pairs_per_passage"] if cfg["kind"] ==
                                                   "unseeded_qa" else 0)
             ctx.log.info("parsed %d items; malformed: %s", len(items), dict(dropped))
@@ -83,9 +77,7 @@ class GenerateStage(Stage):
             driver.close()
             cache.close()
         kept = [it for it in items if it.get("verified") is not False]
-        with open(ctx.workdir / "items.jsonl", "w") as f:
-            for it in kept:
-                f.write(json.dumps(it) + "\n")
+        write_jsonl(ctx.workdir / "items.jsonl", kept)
         per_task = collections.defaultdict(collections.Counter)
         for it in items:
             per_task[it["task"]]["parsed"] += 1

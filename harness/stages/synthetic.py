@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from harness.seeds import collect, render
-from harness.stages import Stage, StageContext, register
+from harness.stages import Stage, StageContext, register, write_jsonl
 
 
 @register
@@ -18,9 +18,7 @@ class SeedsStage(Stage):
         cfg = ctx.spec.config
         tasks_dir = ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]
         records, counts = collect.collect(str(tasks_dir), cfg["tasks"], cfg["per_task_cap"], cfg["sample_seed"])
-        with open(ctx.workdir / "seeds.jsonl", "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(ctx.workdir / "seeds.jsonl", records)
         for task, c in counts.items():
             ctx.log.info("%s: %d seeds of %d train docs", task, c["seeds"], c["train_docs"])
         return {"seeds": len(records), "per_task": counts, "file": "seeds.jsonl"}
@@ -32,15 +30,12 @@ class RenderStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config
-        src = ctx.inputs["items"] / ctx.manifests["items"]["result"]["file"]
-        items = [json.loads(l) for l in src.read_text().splitlines()]
+        items = ctx.input_rows("items")
         if not items:
             m = ctx.manifests["items"]
             raise ValueError(f"nothing to render: {m['stage']} kept no item ({json.dumps(m['result'])[:600]}); "
                              f"generate more (samples_per_seed, per_task_cap, passages) or loosen the filters")
         docs = render.render(items, cfg["layout"], cfg["items_per_doc"], cfg["seed"])
-        with open(ctx.workdir / "data.jsonl", "w") as f:
-            for d in docs:
-                f.write(json.dumps({"text": d}) + "\n")
+        write_jsonl(ctx.workdir / "data.jsonl", ({"text": d} for d in docs))
         ctx.log.info("rendered %d items into %d documents (layout %s)", len(items), len(docs), cfg["layout"])
         return {"items": len(items), "documents": len(docs), "file": "data.jsonl"}

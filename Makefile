@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/decontam.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/submit.py
 	$(BIN)/harness run recipes/quickstart.yaml && $(BIN)/python bench/eval.py
 
 clean:

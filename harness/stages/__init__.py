@@ -89,5 +89,10 @@ def get(kind: str) -> type[Stage]:
     return REGISTRY[kind]
 
 
+def kinds() -> list[str]:
+    _load_builtin()
+    return sorted(REGISTRY)
+
+
 def _load_builtin() -> None:
     from harness.stages import blend, evaluate, filter, generate, synthetic, tokenize, train  # noqa: F401  (registration on import)

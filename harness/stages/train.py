@@ -12,10 +12,9 @@ import sys
 
 from harness.data import indexed
 from harness.stages import EXIT_REQUEUE, Stage, StageContext, StageInterrupted, register
-from harness.training import model as mdl
 
 
-def _check_inputs(ctx: StageContext, shape: mdl.ModelShape, blend: dict, gbs: int) -> int:
+def _check_inputs(ctx: StageContext, shape, blend: dict, gbs: int) -> int:
     """Bad input stops here, before any model is built."""
     for s in blend["sources"]:
         if not indexed.exists(s["prefix"]):
@@ -37,6 +36,8 @@ class TrainStage(Stage):
         cfg, rt = ctx.spec.config, ctx.spec.runtime
         tok = ctx.manifests["tokenizer"]["result"]
         blend = ctx.manifests["blend"]["result"]
+        from harness.training import model as mdl  # torch: imported where a stage runs, not where it is planned
+
         shape = mdl.shape_from(cfg["model"], tok["vocab_size"], cfg["seq_length"])
         steps = _check_inputs(ctx, shape, blend, cfg["train"]["global_batch_size"])
         spec = {
@@ -53,10 +54,9 @@ class TrainStage(Stage):
         n = rt["nproc_per_node"]
         ctx.log.info("training %s: %s parameters, %d steps of %d x %d tokens, %d process(es)", rt["run_name"],
                      f"{shape.parameters():,}", steps, cfg["train"]["global_batch_size"], shape.seq_length, n)
-        worker = ["-m", "harness.training.worker", str(spec_path)]
-        cmd = ([sys.executable, *worker] if n == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *worker])
-        rc = _run_forwarding_signals(cmd, ctx.workdir / "train.log")
+        cmd, env = launch_command(n, [sys.executable, "-m", "harness.training.worker", str(spec_path)])
+        ctx.log.info("launch: %s", " ".join(cmd))
+        rc = _run_forwarding_signals(cmd, ctx.workdir / "train.log", env)
         if rc == EXIT_REQUEUE:
             raise StageInterrupted("training saved a checkpoint and stopped; rerun to resume")
         if rc != 0:
@@ -65,12 +65,32 @@ class TrainStage(Stage):
         return json.loads((ctx.workdir / "result.json").read_text())
 
 
-def _run_forwarding_signals(cmd: list[str], logfile) -> int:
+def launch_command(nproc: int, worker: list[str]) -> tuple[list[str], dict]:
+    """How the ranks start: one process; torchrun on this node; or, inside a Slurm job of several nodes or tasks,
+    srun with one task per rank (the worker reads SLURM_PROCID/SLURM_NTASKS as its rank and world size)."""
+    env = dict(os.environ)
+    nodes = int(env.get("SLURM_JOB_NUM_NODES", "1")) if "SLURM_JOB_ID" in env else 1
+    if "SLURM_JOB_ID" in env and nodes * nproc > 1:
+        first = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True,
+                               text=True, check=True).stdout.split()[0]
+        node = subprocess.run(["scontrol", "show", "node", "-o", first], capture_output=True, text=True).stdout
+        addr = next((kv.split("=", 1)[1] for kv in node.split() if kv.startswith("NodeAddr=")), first)
+        env.update(HARNESS_RANKS_FROM="slurm", MASTER_ADDR=addr,
+                   MASTER_PORT=str(20000 + int(env["SLURM_JOB_ID"]) % 20000))
+        cpus = env.get("SLURM_CPUS_PER_TASK")
+        return (["srun", f"--nodes={nodes}", f"--ntasks-per-node={nproc}", "--kill-on-bad-exit=1", "--export=ALL"]
+                + ([f"--cpus-per-task={cpus}"] if cpus else []) + worker), env
+    if nproc == 1:
+        return worker, env
+    return [worker[0], "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *worker[1:]], env
+
+
+def _run_forwarding_signals(cmd: list[str], logfile, env: dict | None = None) -> int:
     """Run the training processes, their output to the terminal and to train.log; SIGTERM/SIGUSR1 sent to this
     stage are passed on, so that they checkpoint and stop."""
     with open(logfile, "a") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                text=True, bufsize=1)
+                                text=True, bufsize=1, env=env)
         previous = {}
 
         def forward(signum, frame):

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+_writer_manager = None
+
+
+def _start_writer_helpers() -> None:
+    """dist_checkpointing writes through a helper process (a multiprocessing manager it starts on first use) that
+    would die of the SIGTERM/SIGUSR1 asking us to save - Slurm signals every process of a preempted job - and take
+    the save down with it. We start that helper ourselves, ignoring those signals, and hand megatron its queue.
+    (Ignoring them here while megatron starts it would drop a signal that lands meanwhile on another thread.)"""
+    global _writer_manager
+    from multiprocessing import get_context
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
+
+    if not hasattr(fsa, "_results_queue") or fsa._results_queue is not None:
+        return
+    _writer_manager = SyncManager(ctx=get_context("spawn"))
+    _writer_manager.start(initializer=_ignore_stop_signals)
+    fsa._results_queue = _writer_manager.Queue()
+
+
 def save(root: Path, step: int, model, optimizer, scheduler, identity: dict, extra: dict, keep_last: int) -> Path:
     from megatron.core import dist_checkpointing
 
+    _start_writer_helpers()
     rank = dist.get_rank()
     path = step_dir(root, step)
     if rank == 0:

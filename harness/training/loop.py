@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -274,12 +275,15 @@ class Trainer:
             if stop and done < self.steps:
                 self._say(f"interrupted: saved step {done}; rerun to resume")
                 return EXIT_REQUEUE
+        nodes: list = [None] * self.world  # where the ranks ran (Slurm's node names under srun)
+        dist.all_gather_object(nodes, os.environ.get("SLURMD_NODENAME") or socket.gethostname())
         if self.rank == 0:
             final = ckpt.latest(ckpt_root)
             result = {"steps": self.steps, "final_checkpoint": str(final.relative_to(self.workdir)),
                       "tokens": int(self.steps * self.gbs * seq),
                       "tokens_by_source": {n: int(tokens_by_source[i]) for i, n in enumerate(self.source_names)},
-                      "parameters": self.shape.parameters(), "world_size": self.world}
+                      "parameters": self.shape.parameters(), "world_size": self.world,
+                      "nodes": sorted(set(nodes))}
             last_rec = [json.loads(l) for l in self.log_path.read_text().splitlines()][-1]
             result.update({k: v for k, v in last_rec.items() if k == "loss" or k.startswith("valid/")})
             (self.workdir / "result.json").write_text(json.dumps(result, indent=2))

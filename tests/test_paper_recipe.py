@@ -1,0 +1,131 @@
+"""The paper-style cluster recipe cannot run here (GPUs, vLLM, a 25B-token corpus, the Hugging Face hub): it is
+validated, planned and rendered into sbatch scripts, which are checked. The `paper` suite's builder (lm-eval's own
+task definitions -> the suite schema) runs for real on lm-eval tasks that exist offline."""
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import make_docs
+from harness.plan import Plan
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "nemotron_task_seeded.yaml"
+
+
+def test_only_the_cluster_corpus_path_is_missing_here(cli):
+    code, out = cli("validate", RECIPE)
+    flat = " ".join(out.split())
+    assert code == 2
+    assert flat.count("error:") == 1 and "corpora.web.paths: no file matches '/data/corpora" in flat, out
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """Validated, planned and rendered with a small local corpus in place of the cluster's, and a budget it can
+    hold; everything else as written."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    tmp = tmp_path_factory.mktemp("paper")
+    pq.write_table(pa.table({"text": make_docs(3000, seed=3)}), tmp / "web.parquet")
+    args = [f"corpora.web.paths=[{tmp / 'web.parquet'}]", "data.tokens=2000000", f"store={tmp / 'runs'}"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["validate", str(RECIPE), *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["submit", str(RECIPE), *args, "--dry-run"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(tmp / "runs" / "nemotron_task_seeded" / "plan.json")
+    scripts = {p.stem: p.read_text()
+               for p in sorted((tmp / "runs" / "nemotron_task_seeded" / "slurm" / "dry-run").glob("*.sbatch"))}
+    return plan, scripts, res.output
+
+
+def _directives(script: str) -> set[str]:
+    return {line[len("#SBATCH "):] for line in script.splitlines() if line.startswith("#SBATCH ")}
+
+
+def test_plan_has_every_arm_seed_and_both_synthetic_sets(rendered):
+    plan, _, out = rendered
+    ids = {s.id for s in plan.stages}
+    assert {f"train/{a}/seed{k}" for a in ("baseline", "taskqa_5", "taskqa_10", "taskqa_20", "unseeded_20")
+            for k in (1, 2, 3)} <= ids
+    assert {"seeds/taskqa", "generate/taskqa", "filter/taskqa", "generate/unseeded", "filter/unseeded",
+            "decontam_index", "contamination/web", "suite"} <= ids
+    assert "seeds/unseeded" not in ids, "the unseeded control sees no task"
+    gen = plan.by_id("generate/taskqa")
+    assert gen.config["generator"]["backend"] == "openai" and gen.runtime["server_kind"] == "vllm"
+    assert plan.by_id("suite").config["suite"] == "paper"
+    assert plan.by_id("seeds/taskqa").config["tasks"] == ["paper_seeded"]
+    assert "would submit" in out
+
+
+def test_training_scripts_span_two_nodes_of_eight_gpus_and_requeue(rendered):
+    """Arms whose inputs sit at the same depth of the DAG share an array (every run also needs every tokenized
+    source, for its validation losses, so the baseline too waits for the synthetic sets)."""
+    _, scripts, _ = rendered
+    trains = [s for k, s in scripts.items() if k.endswith("train")]
+    sizes = sorted(int(re.search(r"--array=0-(\d+)", t).group(1)) + 1 for t in trains)
+    assert sizes == [6, 9], sizes  # baseline and unseeded_20; taskqa_5/10/20 - three seeds each
+    for train in trains:
+        d = _directives(train)
+        assert {"--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--requeue",
+                "--signal=B:USR1@300", "--time=24:00:00"} <= d, d
+    train = trains[-1]
+    assert list(d) and [x for x in train.splitlines() if x.startswith("#SBATCH")] == \
+        sorted(x for x in train.splitlines() if x.startswith("#SBATCH")), "directives are sorted"
+    assert "source .venv/bin/activate" in train
+    assert "aftercorr:JOB" in train.splitlines()[3], "train task i waits for blend task i"
+    assert "scontrol requeue" in train and "-m harness run-stage --plan" in train
+
+
+def test_generation_and_evaluation_jobs(rendered):
+    _, scripts, _ = rendered
+    gens = [s for k, s in scripts.items() if k.endswith("generate")]
+    assert len(gens) == 2, "the unseeded set needs no seeds: it starts at once, the task-seeded one after seeds"
+    for gen in gens:
+        assert {"--gpus-per-node=1", "--partition=gpu", "--time=12:00:00"} <= _directives(gen)
+    assert any("generate/taskqa" in g for g in gens) and any("generate/unseeded" in g for g in gens)
+    evals = [s for k, s in scripts.items() if k.endswith("eval")]
+    assert all("--gpus-per-node=1" in _directives(e) for e in evals)
+    assert sum(e.count("  eval/") for e in evals) == 15
+    tok = next(s for k, s in scripts.items() if k.endswith("tokenizer"))
+    assert "--partition=cpu" in _directives(tok) and not any(x.startswith("--gpus") for x in _directives(tok))
+
+
+def test_paper_suite_builder_reads_lm_eval_tasks(suite_store, tmp_path):
+    """The builder on lm-eval task definitions that exist offline (the offline suite's own YAML tasks): every
+    split comes back in the suite schema exactly, groups flatten, and the result is an lm-eval task again."""
+    from lm_eval.tasks import TaskManager
+
+    from harness.evaluation import lm_eval_suite
+
+    built = next((suite_store / "runs" / "_stages" / "suite").glob("*/manifest.json")).parent / "suite"
+    definition = {"source": "lm_eval", "groups": {"seeded": ["arc"], "held_out": ["multi"]},
+                  "tasks": {"arc": "offline_arc_easy", "multi": "offline_held_out"}}
+    counts = lm_eval_suite.build("check", definition, tmp_path / "suite", tmp_path / "suite",
+                                 include_path=str(built / "tasks"))
+    original = [json.loads(x) for x in (built / "data" / "arc_easy" / "train.jsonl").read_text().splitlines()]
+    copied = [json.loads(x) for x in (tmp_path / "suite" / "data" / "arc" / "train.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: r[k] for k in ("query", "choices", "gold")} for r in rows]  # noqa: E731
+    assert strip(copied) == strip(original) and counts["arc"]["train"] == len(original) > 100
+    n_held_out = sum(len((built / "data" / t / "validation.jsonl").read_text().splitlines()) for t in ("sciq", "mmlu"))
+    assert counts["multi"]["validation"] == n_held_out, "a group is flattened into one task"
+    tm = TaskManager(include_path=str(tmp_path / "suite" / "tasks"), include_defaults=False)
+    assert {"check_arc", "check_multi", "check_seeded", "check_held_out", "check"} <= set(tm.all_tasks)
+    spec = yaml.safe_load((tmp_path / "suite" / "tasks" / "arc.yaml").read_text())
+    assert spec["training_split"] == "train" and spec["task"] == "check_arc"
+
+
+def test_paper_suite_refuses_generation_tasks(suite_store, tmp_path):
+    from harness.evaluation import lm_eval_suite
+
+    with pytest.raises(lm_eval_suite.SuiteError, match="no task or group 'no_such_task'"):
+        lm_eval_suite.build("x", {"tasks": {"a": "no_such_task"}, "groups": {}}, tmp_path / "s", tmp_path / "s",
+                            include_path=str(tmp_path))

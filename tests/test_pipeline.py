@@ -179,8 +179,9 @@ def test_quickstart_recipe_validates_and_plans(cli, tmp_path):
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
     code, out = cli("plan", recipe, "--store", tmp_path / "store")
     assert code == 0, out
-    for sid in ("tokenizer", "suite", "seeds/seedqa", "render/seedqa", "tokenize/seedqa", "blend/seedqa_30/seed2",
-                "train/baseline/seed2", "export/baseline/seed1", "eval/seedqa_10/seed1"):
+    for sid in ("tokenizer", "suite", "seeds/seedqa", "render/seedqa", "tokenize/seedqa", "blend/taskqa_2/seed2",
+                "seeds/taskqa", "generate/taskqa", "filter/taskqa", "generate/unseeded", "decontam_index",
+                "train/baseline/seed2", "export/unseeded_2/seed1", "eval/seedqa_10/seed1"):
         assert sid in out
 
 

@@ -215,3 +215,20 @@ def test_task_without_train_split_cannot_seed(tmp_path, cli):
     code, out = cli("run", write_recipe(tmp_path / "r.yaml", r), "--only", "seeds")
     assert code == 1
     assert "tasks without a training split cannot seed: ['offline_sciq']" in " ".join(out.split())
+
+
+def test_blend_of_a_source_with_a_few_documents(tmp_path, cli):
+    """A synthetic set of three documents has no document in its valid split; megatron.core loops forever on
+    such a split, so the blend builds the train split alone (found with the quickstart's generated sets)."""
+    r = base_recipe(tmp_path)
+    write_jsonl(tmp_path / "corpora" / "few.jsonl", make_docs(3, seed=5, mean_words=150))
+    r["corpora"]["few"] = {"paths": ["corpora/few.jsonl"]}
+    r["data"]["max_epochs"] = 20
+    r["arms"] = [{"name": "few", "mix": {"web": 0.98, "few": 0.02}}]
+    r["report"] = {"baseline": "few"}
+    path = write_recipe(tmp_path / "r.yaml", r)
+    code, out = cli("run", path, "--only", "blend")
+    assert code == 0, out
+    plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
+    m = json.loads((plan.dir(plan.by_id("blend/few/seed1")) / "blend.json").read_text())
+    assert abs({s["name"]: s["realised_share"] for s in m["sources"]}["few"] - 0.02) < 0.005

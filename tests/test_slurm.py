@@ -190,3 +190,38 @@ def test_interrupted_training_requeues_and_resumes_to_the_same_losses(toy, clust
     assert [m["step"] for m in resumed] == list(range(1, 101)), rows
     for a, b in zip(reference, resumed):
         assert abs(a["loss"] - b["loss"]) <= 1e-6, (a, b)
+
+
+def test_grouping_and_dependencies_without_a_cluster(tmp_path):
+    """Arrays per kind and depth; aftercorr where task i needs task i; afterok on the precise tasks otherwise; a
+    job recorded for an earlier version of a stage (another digest) is not that stage's job."""
+    from harness import recipe as rcp
+    from harness.executors import slurm
+
+    from harness.plan import build
+    from harness.store import Store
+
+    rec = rcp.load(write_recipe(tmp_path / "r.yaml", base_recipe(tmp_path, seeds=[1, 2])))
+    plan = build(rec, Store(rec.store))
+    groups = slurm.group(plan, list(plan.stages), rcp.ProfileConfig(executor="slurm"))
+    of_stage = {}
+    deps = {}
+    for n, g in enumerate(groups):
+        g.job_id = str(100 + n)
+        deps[g.kind] = slurm.dependency(g, of_stage, {})
+        of_stage.update({s.id: g for s in g.stages})
+    by_kind = {g.kind: g for g in groups}
+    assert len(by_kind["train"].stages) == 4 and by_kind["train"].array
+    assert f"aftercorr:{by_kind['blend'].job_id}" in deps["train"]
+    tok = by_kind["tokenize"]
+    assert f"afterok:{tok.job_id}_0:{tok.job_id}_1" in deps["blend"], deps["blend"]
+    assert deps["tokenizer"] == ""
+    # the ledger: a job of another digest is history, not the stage's job
+    ledger = slurm.Ledger(plan)
+    stage = plan.by_id("train/base/seed1")
+    ledger.add({"job_id": "7", "name": "toy.train", "kind": "train", "stages": [stage.id], "digests": ["old"],
+                "array": False, "script": "", "dependency": "", "log": "x-%j.out", "submitted": 0})
+    assert stage.id not in ledger.current(plan) and stage.id in ledger.current()
+    ledger.add({"job_id": "8", "name": "toy.train", "kind": "train", "stages": [stage.id], "digests": [stage.digest],
+                "array": False, "script": "", "dependency": "", "log": "x-%j.out", "submitted": 0})
+    assert ledger.current(plan)[stage.id]["task"] == "8" and ledger.current(plan)[stage.id]["log"] == "x-8.out"

@@ -31,6 +31,12 @@ def split_bounds(split: str, n_docs: int) -> list[tuple[int, int]]:
     return [(int(round(edges[i] * n_docs)), int(round(edges[i + 1] * n_docs))) for i in range(3)]
 
 
+def _empty_split(prefix: str, split: str, which: int) -> bool:
+    _, lengths = indexed.read_index(prefix + ".idx")
+    lo, hi = split_bounds(split, len(lengths))[which]
+    return float(split.split(",")[which]) > 0 and int(lengths[lo:hi].sum()) == 0
+
+
 def train_tokens(prefix: str, split: str) -> tuple[int, int]:
     """(tokens, documents) in the train split of an indexed dataset."""
     _, lengths = indexed.read_index(prefix + ".idx")
@@ -90,6 +96,10 @@ def build(plans: list[SourcePlan], budget_tokens: int, seq_length: int, split: s
         create_attention_mask=False,  # causal attention without an explicit mask (the same result, cheaper)
         mid_level_dataset_surplus=0.005,
     )
+    if not valid_samples and any(_empty_split(p.prefix, split, 1) for p in plans):
+        # megatron builds every split with a non-zero ratio, and loops forever on one with no tokens (a source of
+        # a few documents): build the train split alone (same documents; only then does the cache key change)
+        config.split_matrix = [config.split_matrix[0], None, None]
     n_train = math.ceil(budget_tokens / seq_length)
     sizes = [n_train, valid_samples, 0]
     train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()

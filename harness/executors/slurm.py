@@ -135,11 +135,15 @@ class Ledger:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, {"jobs": self.jobs})
 
-    def current(self) -> dict[str, dict]:
-        """stage id -> {task id, job, log} of its newest job."""
+    def current(self, plan: Plan | None = None) -> dict[str, dict]:
+        """stage id -> {task id, job, log} of its newest job (with a plan: only jobs that ran the plan's stage with
+        the same digest, not a stage of the same name from an earlier version of the recipe)."""
+        digests = {s.id: s.digest for s in plan.stages} if plan else None
         cur = {}
         for job in self.jobs:
             for i, stage in enumerate(job["stages"]):
+                if digests is not None and digests.get(stage) != job.get("digests", [None] * len(job["stages"]))[i]:
+                    continue
                 task = f"{job['job_id']}_{i}" if job["array"] else job["job_id"]
                 log = job["log"].replace("%A", job["job_id"]).replace("%a", str(i)).replace("%j", job["job_id"])
                 cur[stage] = {"task": task, "job": job, "log": log}
@@ -262,16 +266,14 @@ def render(plan: Plan, profile: rcp.ProfileConfig, g: Group, name: str, log: str
         experiment=plan.experiment, kind=g.kind, stages=[s.id for s in g.stages], array=g.array,
         rendered_at=time.strftime("%Y-%m-%d %H:%M:%S"), dependency=dep, hold=hold, script=script,
         directives=directives(profile, g.kind, name, len(g.stages), log, os.getcwd()),
-        setup=list(profile.slurm.setup), env={"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-        if os.environ.get("HF_HUB_OFFLINE") else {},
-        python=profile.slurm.python or sys.executable, plan=plan.path, max_requeues=profile.slurm.max_requeues)
+        setup=list(profile.slurm.setup), python=profile.slurm.python or sys.executable, plan=plan.path, max_requeues=profile.slurm.max_requeues)
 
 
 def submit(plan: Plan, profile: rcp.ProfileConfig, only: list[str] | None = None, hold: bool = False,
            dry_run: bool = False, echo=print) -> Submitted:
     slurm = None if dry_run else Slurm(profile.slurm.conf)
     ledger = Ledger(plan)
-    current = ledger.current()
+    current = ledger.current(plan)
     states = slurm.jobs([c["task"] for c in current.values()]) if (slurm and current) else {}
     active, blocked = {}, []
     for sid, c in current.items():
@@ -307,7 +309,7 @@ def submit(plan: Plan, profile: rcp.ProfileConfig, only: list[str] | None = None
         if not dry_run:
             g.job_id = slurm.sbatch(script, dep or None, hold)
             ledger.add({"job_id": g.job_id, "name": name, "kind": g.kind, "stages": [s.id for s in g.stages],
-                        "array": g.array, "script": str(script), "dependency": dep, "log": log,
+                        "digests": [s.digest for s in g.stages], "array": g.array, "script": str(script), "dependency": dep, "log": log,
                         "submitted": time.time()})
             echo(f"{g.job_id:>8}  {name}  {len(g.stages)} stage(s): {', '.join(s.id for s in g.stages)}"
                  + (f"  (after {dep})" if dep else ""))
@@ -334,7 +336,7 @@ class StageState:
 
 
 def status(plan: Plan, profile: rcp.ProfileConfig, tail_lines: int = 8) -> list[StageState]:
-    current = Ledger(plan).current()
+    current = Ledger(plan).current(plan)
     slurm = Slurm(profile.slurm.conf)
     states = slurm.jobs([c["task"] for c in current.values()]) if current else {}
     out = []
@@ -361,8 +363,7 @@ def status(plan: Plan, profile: rcp.ProfileConfig, tail_lines: int = 8) -> list[
 
 def cancel(plan: Plan, profile: rcp.ProfileConfig) -> list[str]:
     """Cancel every pending or running job of the experiment; returns the job ids."""
-    ledger = Ledger(plan)
-    current = ledger.current()
+    current = Ledger(plan).current()  # every job of the experiment, whatever the recipe's version
     slurm = Slurm(profile.slurm.conf)
     states = slurm.jobs([c["task"] for c in current.values()]) if current else {}
     ids = sorted({c["task"] for c in current.values() if states.get(c["task"], {}).get("state") in ACTIVE},

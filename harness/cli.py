@@ -45,6 +45,23 @@ def _plan(recipe_obj, store: Optional[Path]):
 
 OVERRIDES = typer.Argument(None, help="recipe overrides as key=value (e.g. data.tokens=2000000)")
 STORE = typer.Option(None, "--store", help="run store root (default: the recipe's `store`, relative to here)")
+ONLY = typer.Option(None, "--only", help="only these stages (id, id prefix or kind) and what they need")
+
+
+def _plan_for(recipe: Path, overrides, store, only, executor: str, refusal: str):
+    """Load a recipe for one executor, plan it and select `only`; bad input exits with status 2.
+    `refusal` says what to do instead when the profile is for another executor ({executor}: the profile's)."""
+    from harness.plan import select
+
+    r = _load(recipe, overrides)
+    if r.profile.executor != executor:
+        _fail(f"{recipe}: profile '{r.profile.name}' " + refusal.format(executor=r.profile.executor))
+    p = _plan(r, store)
+    try:
+        todo = select(p, only)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    return r, p, todo
 
 
 @app.command()
@@ -76,22 +93,13 @@ def _print_plan(p) -> None:
 
 @app.command()
 def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optional[Path] = STORE,
-        only: Optional[List[str]] = typer.Option(None, "--only", help="run only these stages (id, id prefix or "
-                                                 "kind) and what they need"),
+        only: Optional[List[str]] = ONLY,
         dry_run: bool = typer.Option(False, "--dry-run", help="print what would run and stop")):
     """Run a recipe with the local executor; cached stages are skipped."""
-    from harness import plan as pl
     from harness.executors import local
 
-    r = _load(recipe, overrides)
-    if r.profile.executor != "local":
-        _fail(f"{recipe}: profile '{r.profile.name}' uses the {r.profile.executor} executor: submit it with "
-              f"`harness submit`, or run here with the override profile=local")
-    p = _plan(r, store)
-    try:
-        todo = pl.select(p, only)
-    except KeyError as e:
-        _fail(str(e.args[0]))
+    r, p, todo = _plan_for(recipe, overrides, store, only, "local", "uses the {executor} executor: submit it with "
+                           "`harness submit`, or run here with the override profile=local")
     pending = [s for s in todo if not p.is_cached(s)]
     if dry_run:
         _print_plan(p)
@@ -107,9 +115,6 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
         raise typer.Exit(1)
 
 
-ONLY = typer.Option(None, "--only", help="only these stages (id, id prefix or kind) and what they need")
-
-
 @app.command()
 def submit(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optional[Path] = STORE,
            only: Optional[List[str]] = ONLY,
@@ -117,17 +122,9 @@ def submit(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Opti
            hold: bool = typer.Option(False, "--hold", help="submit held (release with scontrol release)")):
     """Submit a recipe to Slurm: one job (or job array) per group of stages, chained with --dependency."""
     from harness.executors import slurm
-    from harness.plan import select
 
-    r = _load(recipe, overrides)
-    if r.profile.executor != "slurm":
-        _fail(f"{recipe}: profile '{r.profile.name}' runs locally (`harness run`); to submit, use a Slurm profile, "
-              f"e.g. the override profile=local-cluster")
-    p = _plan(r, store)
-    try:
-        todo = select(p, only)
-    except KeyError as e:
-        _fail(str(e.args[0]))
+    r, p, todo = _plan_for(recipe, overrides, store, only, "slurm", "runs locally (`harness run`); to submit, use a "
+                           "Slurm profile, e.g. the override profile=local-cluster")
     p.save(r)
     try:
         res = slurm.submit(p, r.profile, only, hold=hold, dry_run=dry_run, echo=out.print)

@@ -17,22 +17,13 @@ import shutil
 from pathlib import Path
 
 from harness.evaluation.offline_suite import _winogrande, write_group, write_split, write_task_yaml
+from harness.seeds.collect import leaf_tasks
 
 SPLITS = {"train": "training_docs", "validation": "validation_docs", "test": "test_docs"}
 
 
 class SuiteError(ValueError):
     pass
-
-
-def _leaves(task_dict) -> dict:
-    out = {}
-    for key, val in task_dict.items():
-        if isinstance(val, dict):
-            out.update(_leaves(val))
-        else:
-            out[key if isinstance(key, str) else getattr(key, "group_name", str(key))] = val
-    return out
 
 
 def _normalise(task, name: str, doc: dict) -> dict:
@@ -55,7 +46,7 @@ def read_task(tm, lm_task: str) -> dict[str, list[dict]]:
     if lm_task not in tm.all_tasks:
         raise SuiteError(f"lm-eval has no task or group '{lm_task}'")
     splits: dict[str, list[dict]] = {}
-    for name, task in sorted(_leaves(get_task_dict([lm_task], tm)).items()):
+    for name, task in sorted(leaf_tasks(get_task_dict([lm_task], tm)).items()):
         if task.OUTPUT_TYPE != "multiple_choice":
             raise SuiteError(f"task {name} is {task.OUTPUT_TYPE}: the suite holds multiple-choice tasks")
         for split, method in SPLITS.items():
@@ -74,11 +65,11 @@ def build(name: str, definition: dict, out: Path, final: Path, include_path: str
     shutil.rmtree(tmp_out, ignore_errors=True)
     counts: dict[str, dict[str, int]] = {}
     for task, lm_task in definition["tasks"].items():
-        files = {split: write_split(tmp_out, final, task, split, docs)
-                 for split, docs in read_task(tm, lm_task).items() if docs}
-        if not set(files) & {"validation", "test"}:
+        splits = {split: docs for split, docs in read_task(tm, lm_task).items() if docs}
+        if not set(splits) & {"validation", "test"}:
             raise SuiteError(f"suite {name}: task {task} ({lm_task}) has no validation or test split to evaluate on")
-        counts[task] = {split: sum(1 for _ in open(tmp_out / "data" / task / f"{split}.jsonl")) for split in files}
+        files = {split: write_split(tmp_out, final, task, split, docs) for split, docs in splits.items()}
+        counts[task] = {split: len(docs) for split, docs in splits.items()}
         write_task_yaml(tmp_out / "tasks", prefix, task, files)
     for group, tasks in definition["groups"].items():
         write_group(tmp_out / "tasks", f"{prefix}{group}", [prefix + t for t in tasks])

@@ -237,6 +237,14 @@ def dependency(g: Group, of_stage: dict[str, Group], active_task: dict[str, str]
     return ",".join(parts)
 
 
+def _current_states(ledger: Ledger, plan: Plan, slurm: "Slurm | None", by_digest: bool = True) -> tuple[dict, dict]:
+    """The newest job of each stage (of this plan's digests, unless by_digest is False) and the Slurm state of
+    each of those jobs, by task id."""
+    current = ledger.current(plan if by_digest else None)
+    states = slurm.jobs([c["task"] for c in current.values()]) if (slurm and current) else {}
+    return current, states
+
+
 def _task_key(task: str) -> tuple:
     job, _, idx = task.partition("_")
     return len(job), job, int(idx or -1)  # numeric order for numeric ids
@@ -273,8 +281,7 @@ def submit(plan: Plan, profile: rcp.ProfileConfig, only: list[str] | None = None
            dry_run: bool = False, echo=print) -> Submitted:
     slurm = None if dry_run else Slurm(profile.slurm.conf)
     ledger = Ledger(plan)
-    current = ledger.current(plan)
-    states = slurm.jobs([c["task"] for c in current.values()]) if (slurm and current) else {}
+    current, states = _current_states(ledger, plan, slurm)
     active, blocked = {}, []
     for sid, c in current.items():
         st = states.get(c["task"])
@@ -336,9 +343,7 @@ class StageState:
 
 
 def status(plan: Plan, profile: rcp.ProfileConfig, tail_lines: int = 8) -> list[StageState]:
-    current = Ledger(plan).current(plan)
-    slurm = Slurm(profile.slurm.conf)
-    states = slurm.jobs([c["task"] for c in current.values()]) if current else {}
+    current, states = _current_states(Ledger(plan), plan, Slurm(profile.slurm.conf))
     out = []
     for s in plan.stages:
         c = current.get(s.id)
@@ -363,9 +368,8 @@ def status(plan: Plan, profile: rcp.ProfileConfig, tail_lines: int = 8) -> list[
 
 def cancel(plan: Plan, profile: rcp.ProfileConfig) -> list[str]:
     """Cancel every pending or running job of the experiment; returns the job ids."""
-    current = Ledger(plan).current()  # every job of the experiment, whatever the recipe's version
     slurm = Slurm(profile.slurm.conf)
-    states = slurm.jobs([c["task"] for c in current.values()]) if current else {}
+    current, states = _current_states(Ledger(plan), plan, slurm, by_digest=False)  # every job, whatever the recipe's version
     ids = sorted({c["task"] for c in current.values() if states.get(c["task"], {}).get("state") in ACTIVE},
                  key=_task_key)
     slurm.scancel(ids)

@@ -15,11 +15,12 @@ class SeedError(ValueError):
     pass
 
 
-def _leaf_tasks(task_dict) -> dict:
+def leaf_tasks(task_dict) -> dict:
+    """{name: task} of the leaves of lm-eval's nested task dict (groups flattened)."""
     out = {}
     for key, val in task_dict.items():
         if isinstance(val, dict):
-            out.update(_leaf_tasks(val))
+            out.update(leaf_tasks(val))
         else:
             out[getattr(key, "group_name", key) if not isinstance(key, str) else key] = val
     return out
@@ -42,7 +43,7 @@ def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_s
     unknown = [n for n in names if n not in tm.all_tasks]
     if unknown:
         raise SeedError(f"unknown task or group {unknown} (known: {sorted(tm.all_tasks)})")
-    tasks = _leaf_tasks(get_task_dict(list(names), tm))
+    tasks = leaf_tasks(get_task_dict(list(names), tm))
     no_train = sorted(n for n, t in tasks.items() if not t.has_training_docs())
     if no_train:
         raise SeedError(f"tasks without a training split cannot seed: {no_train} (seeds come from TRAIN splits only)")

@@ -109,9 +109,10 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
             continue
         syn = recipe.synthetic[name]
         if syn.kind in ("seed_render", "task_seeded"):
-            stages.append(StageSpec(f"seeds/{name}", "seeds", {"tasks": list(syn.tasks),
-                                                               "per_task_cap": syn.per_task_cap,
-                                                               "sample_seed": syn.seed}, {}, {"suite": "suite"}))
+            sel = {"tasks": list(syn.tasks), "per_task_cap": syn.per_task_cap, "sample_seed": syn.seed}
+            if syn.per_group_cap is not None:  # (absent otherwise: earlier seed sets keep their hash)
+                sel.update(per_group_cap=syn.per_group_cap, stratify=syn.stratify)
+            stages.append(StageSpec(f"seeds/{name}", "seeds", sel, {}, {"suite": "suite"}))
         items = f"seeds/{name}"
         if syn.kind in rcp.GENERATED_KINDS:
             stages += _generation_stages(recipe, store, name, stages)
@@ -225,10 +226,17 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
         config["corpus"] = {"files": store.fingerprint(files), "format": c.format, "text_field": c.text_field}
         runtime["corpus"] = {"files": files, "format": c.format, "text_field": c.text_field}
     seeds = {"seeds": f"seeds/{name}"} if syn.kind == "task_seeded" else {}
-    return [StageSpec(f"generate/{name}", "generate", config, runtime, seeds),
-            StageSpec(f"filter/{name}", "filter", {"dedup_threshold": syn.dedup_threshold,
-                                                   "decontaminate": syn.decontaminate}, {},
-                      {"items": f"generate/{name}", **seeds, "index": "decontam_index"})]
+    filt = StageSpec(f"filter/{name}", "filter", {"dedup_threshold": syn.dedup_threshold,
+                                                 "decontaminate": syn.decontaminate}, {},
+                     {"items": f"generate/{name}", **seeds, "index": "decontam_index"})
+    if g.shards == 1:
+        return [StageSpec(f"generate/{name}", "generate", config, runtime, seeds), filt]
+    # shards: the same stage over a part of the requests each (split by seed or passage); filter merges them
+    gens = [StageSpec(f"generate/{name}/shard{i}", "generate", {**config, "shard": i, "shards": g.shards}, runtime,
+                      seeds) for i in range(g.shards)]
+    del filt.deps["items"]
+    filt.deps.update({f"items.{i}": s.id for i, s in enumerate(gens)})
+    return [*gens, filt]
 
 
 def select(plan: Plan, only: list[str] | None) -> list[StageSpec]:

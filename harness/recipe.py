@@ -56,7 +56,9 @@ class SyntheticConfig:
 
     kind: str = "???"
     tasks: list[str] = field(default_factory=lambda: ["offline_seeded"])  # lm-eval tasks or groups (train splits)
-    per_task_cap: Optional[int] = 2000  # seeds per task or group, stratified across its subtasks (None: all)
+    per_task_cap: Optional[int] = 2000  # seeds per task (each subtask of a named group; None: all)
+    per_group_cap: Optional[int] = None  # seeds per named group in all, stratified across its subtasks (mmlu)
+    stratify: str = "equal"  # equal: the same from every subtask | proportional: by the subtasks' train sizes
     layout: str = "qa"  # qa | mc
     items_per_doc: int = 8
     seed: int = 0
@@ -88,6 +90,7 @@ class GeneratorConfig:
     max_retries: int = 5
     startup_timeout: float = 300.0
     batch_size: int = 32  # transformers backend: requests per continuous-batching call (part of the sample)
+    shards: int = 1  # each generated set's requests split by seed into this many stages (a Slurm job array)
     temperature: float = 0.8
     top_p: float = 0.95
     max_tokens: int = 192
@@ -464,8 +467,11 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
             bad(f"synthetic.{name}.kind", f"unknown synthetic kind '{s.kind}' ({known})")
         if s.layout not in ("qa", "mc"):
             bad(f"synthetic.{name}.layout", f"unknown layout '{s.layout}' (qa, mc)")
-        if s.items_per_doc < 1 or (s.per_task_cap is not None and s.per_task_cap < 1):
-            bad(f"synthetic.{name}", "items_per_doc and per_task_cap must be at least 1")
+        for key in ("items_per_doc", "per_task_cap", "per_group_cap"):
+            if getattr(s, key) is not None and getattr(s, key) < 1:
+                bad(f"synthetic.{name}.{key}", f"must be at least 1, got {getattr(s, key)}")
+        if s.stratify not in ("equal", "proportional"):
+            bad(f"synthetic.{name}.stratify", f"unknown stratification '{s.stratify}' (equal, proportional)")
         if s.kind in GENERATED_KINDS:
             for key in ("samples_per_seed", "passages", "pairs_per_passage"):
                 if getattr(s, key) < 1:
@@ -620,7 +626,7 @@ def _validate_generator(g: GeneratorConfig, bad) -> None:
     if local_model and not is_local(g.model):
         bad("generator.model", f"'{g.model}' is neither a model folder nor a catalogue name "
                                f"({', '.join(CATALOGUE)})")
-    for key in ("concurrency", "batch_size", "max_tokens"):
+    for key in ("concurrency", "batch_size", "max_tokens", "shards"):
         if getattr(g, key) < 1:
             bad(f"generator.{key}", "must be at least 1")
     if g.max_retries < 0 or g.timeout <= 0:

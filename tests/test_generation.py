@@ -85,6 +85,24 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     assert again["requests"]["generated"] == 0 and again["managed_server"] is None
     assert (gdir / "items.jsonl").read_text() == before
 
+    # sharded: the same requests split by seed over three stages (one may be empty), merged back by the filter into
+    # exactly the set one stage made - from the cache (the same request keys), no server started
+    path3 = _recipe(tmp_path, suite_store, {"tsqa": SEEDED, "uqa": UNSEEDED}, {"shards": 3}, experiment="gen3")
+    code, out = cli("run", path3, "--only", "filter")
+    assert code == 0, out
+    plan3 = Plan.load(suite_store / "runs" / "gen3" / "plan.json")
+    for name in ("tsqa", "uqa"):
+        shards = [_result(plan3, f"generate/{name}/shard{i}") for i in range(3)]
+        assert all(r["requests"]["generated"] == 0 and r["managed_server"] is None for r in shards)
+        assert [r["shard"] for r in shards] == [[0, 3], [1, 3], [2, 3]]
+        assert sum(r["generations"] for r in shards) == _result(plan, f"generate/{name}")["generations"]
+        merged = _result(plan3, f"filter/{name}")
+        assert merged["generated"]["shards"] == 3 and merged["generated"]["parsed"] == _result(
+            plan, f"generate/{name}")["parsed"]
+        assert (plan3.dir(plan3.by_id(f"filter/{name}")) / "items.jsonl").read_text() == \
+            (plan.dir(plan.by_id(f"filter/{name}")) / "items.jsonl").read_text()
+    assert sum(_result(plan3, f"generate/tsqa/shard{i}")["seeds"] for i in range(3)) == 6
+
 
 def _rows(store) -> int:
     db = store / "_cache" / "requests.sqlite"

@@ -56,10 +56,12 @@ def test_plan_has_every_arm_seed_and_both_synthetic_sets(rendered):
     ids = {s.id for s in plan.stages}
     assert {f"train/{a}/seed{k}" for a in ("baseline", "taskqa_5", "taskqa_10", "taskqa_20", "unseeded_20")
             for k in (1, 2, 3)} <= ids
-    assert {"seeds/taskqa", "generate/taskqa", "filter/taskqa", "generate/unseeded", "filter/unseeded",
-            "decontam_index", "contamination/web", "suite"} <= ids
+    assert {"seeds/taskqa", "generate/taskqa/shard0", "generate/taskqa/shard31", "filter/taskqa",
+            "generate/unseeded/shard7", "filter/unseeded", "decontam_index", "contamination/web", "suite"} <= ids
     assert "seeds/unseeded" not in ids, "the unseeded control sees no task"
-    gen = plan.by_id("generate/taskqa")
+    gen = plan.by_id("generate/taskqa/shard3")
+    assert gen.config["shard"] == 3 and gen.config["shards"] == 32
+    assert set(plan.by_id("filter/taskqa").deps) == {"index", "seeds"} | {f"items.{i}" for i in range(32)}
     assert gen.config["generator"]["backend"] == "openai" and gen.runtime["server_kind"] == "vllm"
     assert plan.by_id("suite").config["suite"] == "paper"
     assert plan.by_id("seeds/taskqa").config["tasks"] == ["paper_seeded"]
@@ -90,8 +92,11 @@ def test_generation_and_evaluation_jobs(rendered):
     gens = [s for k, s in scripts.items() if k.endswith("generate")]
     assert len(gens) == 2, "the unseeded set needs no seeds: it starts at once, the task-seeded one after seeds"
     for gen in gens:
-        assert {"--gpus-per-node=1", "--partition=gpu", "--time=12:00:00"} <= _directives(gen)
-    assert any("generate/taskqa" in g for g in gens) and any("generate/unseeded" in g for g in gens)
+        assert {"--gpus-per-node=1", "--partition=gpu", "--time=12:00:00", "--array=0-31"} <= _directives(gen)
+    assert any("generate/taskqa/shard31" in g for g in gens) and any("generate/unseeded/shard0" in g for g in gens)
+    filters = [s for k, s in scripts.items() if k.endswith("filter")]
+    assert filters and all(re.search(r"afterok:\d+|afterok:JOB", f.splitlines()[3]) for f in filters), \
+        "the filter waits for every shard"
     evals = [s for k, s in scripts.items() if k.endswith("eval")]
     assert all("--gpus-per-node=1" in _directives(e) for e in evals)
     assert sum(e.count("  eval/") for e in evals) == 15

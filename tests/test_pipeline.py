@@ -232,3 +232,27 @@ def test_blend_of_a_source_with_a_few_documents(tmp_path, cli):
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
     m = json.loads((plan.dir(plan.by_id("blend/few/seed1")) / "blend.json").read_text())
     assert abs({s["name"]: s["realised_share"] for s in m["sources"]}["few"] - 0.02) < 0.005
+
+
+def test_group_cap_stratified_across_subtasks(suite_store):
+    from harness.seeds.collect import allocate, collect
+
+    # the allocation itself: equal shares with a small subtask's leftover passed on; proportional by size
+    assert allocate({"a": 3, "b": 100, "c": 100}, 30, "equal") == {"a": 3, "b": 13, "c": 14}
+    assert allocate({"a": 10, "b": 30, "c": 60}, 10, "proportional") == {"a": 1, "b": 3, "c": 6}
+    assert allocate({"a": 5, "b": 6}, 100, "equal") == {"a": 5, "b": 6}
+    plan = Plan.load(suite_store / "runs" / "toy" / "plan.json")
+    suite = plan.by_id("suite")
+    tasks_dir = plan.dir(suite) / plan.store.manifest("suite", suite.digest)["result"]["tasks"]
+    seeds, counts = collect(str(tasks_dir), ["offline_seeded"], None, 0, per_group_cap=90)
+    per = {t: c["seeds"] for t, c in counts["per_task"].items()}
+    assert len(per) == 9 and set(per.values()) == {10} and counts["per_group"]["offline_seeded"]["seeds"] == 90
+    assert len(seeds) == 90 and len({s["seed_id"] for s in seeds}) == 90
+    _, prop = collect(str(tasks_dir), ["offline_seeded"], 5000, 0, per_group_cap=1000, stratify="proportional")
+    per = {t: c["seeds"] for t, c in prop["per_task"].items()}
+    sizes = {t: min(5000, c["train_docs"]) for t, c in prop["per_task"].items()}
+    assert sum(per.values()) == 1000 and per["offline_arc_challenge"] < per["offline_arc_easy"] < per["offline_boolq"]
+    assert all(abs(per[t] - 1000 * sizes[t] / sum(sizes.values())) < 1 for t in per), "proportional to capped sizes"
+    # the same task capped on its own is unaffected by the group cap; per-task caps still hold inside a group
+    _, alone = collect(str(tasks_dir), ["offline_arc_easy"], 7, 0, per_group_cap=3)
+    assert alone["per_task"]["offline_arc_easy"]["seeds"] == 7

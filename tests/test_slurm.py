@@ -214,7 +214,10 @@ def test_grouping_and_dependencies_without_a_cluster(tmp_path):
     assert len(by_kind["train"].stages) == 4 and by_kind["train"].array
     assert f"aftercorr:{by_kind['blend'].job_id}" in deps["train"]
     tok = by_kind["tokenize"]
-    assert f"afterok:{tok.job_id}_0:{tok.job_id}_1" in deps["blend"], deps["blend"]
+    assert f"afterok:{tok.job_id}" in deps["blend"].split(","), "every task of an array: the array's job id"
+    web = tok.task("tokenize/web")
+    base_only = slurm.Group("blend", 9, [s for s in by_kind["blend"].stages if "/base/" in s.id], "200")
+    assert f"afterok:{web}" in slurm.dependency(base_only, of_stage, {}).split(","), "only the task it needs"
     assert deps["tokenizer"] == ""
     # the ledger: a job of another digest is history, not the stage's job
     ledger = slurm.Ledger(plan)

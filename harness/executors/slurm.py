@@ -233,7 +233,9 @@ def dependency(g: Group, of_stage: dict[str, Group], active_task: dict[str, str]
         dg = next((x for x in of_stage.values() if x.job_id == job_id), None)
         corr = (dg is not None and g.array and dg.array and len(dg.stages) == len(g.stages)
                 and all(per_task[job_id][i] == {dg.stages[i].id} for i in range(len(g.stages))))
-        parts.append(f"aftercorr:{job_id}" if corr else "afterok:" + ":".join(sorted(tasks, key=_task_key)))
+        whole = dg is not None and dg.array and tasks == {dg.task(x.id) for x in dg.stages}  # afterok on every task
+        parts.append(f"aftercorr:{job_id}" if corr else f"afterok:{job_id}" if whole else
+                     "afterok:" + ":".join(sorted(tasks, key=_task_key)))
     return ",".join(parts)
 
 

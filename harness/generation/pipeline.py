@@ -10,6 +10,7 @@ Every item is keyed by (seed or passage id, sample index), so reruns neither dup
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -66,7 +67,8 @@ def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages: list
                                 letters=fmt.LETTERS[:n_opt or 0], passage=passage["text"] if passage else None,
                                 with_passage=bool(seed.get("context")))
             reqs.append(s.request(key, prompt))
-            meta[key] = {"item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"], "task": seed["task"],
+            meta[key] = {"request": key, "item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"],
+                         "task": seed["task"],
                          "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
                          "passage_id": passage["passage_id"] if passage else None}
     return reqs, meta
@@ -78,9 +80,14 @@ def unseeded_requests(passages: list[dict], cfg: dict, tpl: Templates, s: Sampli
         for k in range(cfg["samples_per_seed"]):
             key = f"unseeded:{p['passage_id']}#{k}"
             reqs.append(s.request(key, tpl.render("unseeded_qa", passage=p["text"], n_pairs=cfg["pairs_per_passage"])))
-            meta[key] = {"item_id": f"{p['passage_id']}#{k}", "seed_id": None, "task": "unseeded",
+            meta[key] = {"request": key, "item_id": f"{p['passage_id']}#{k}", "seed_id": None, "task": "unseeded",
                          "subtask": "unseeded", "type": "open", "n_options": None, "passage_id": p["passage_id"]}
     return reqs, meta
+
+
+def shard_of(m: dict, shards: int) -> int:
+    """The shard of a request: by its seed (or passage), so that all samples of a seed land in one shard."""
+    return int(hashlib.sha256((m["seed_id"] or m["passage_id"]).encode()).hexdigest()[:8], 16) % shards
 
 
 def parse_round(completions: dict, meta: dict, pairs: int = 0) -> tuple[list[dict], collections.Counter]:

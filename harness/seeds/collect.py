@@ -35,25 +35,55 @@ def _split_prompt(prompt: str) -> tuple[str | None, str]:
     return None, re.sub(r"^(Question|Goal):\s*", "", text).strip()
 
 
-def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_seed: int) -> tuple[list[dict], dict]:
-    """Seeds from the named tasks or groups; a task without a training split is refused."""
+def allocate(sizes: dict[str, int], cap: int | None, how: str) -> dict[str, int]:
+    """Seeds per subtask when `cap` seeds are drawn from a group whose subtasks offer `sizes`, stratified.
+
+    equal: the same number from every subtask; a subtask with fewer train docs gives its unused share to the others.
+    proportional: in proportion to the subtasks' train sizes (largest remainders get the rounding)."""
+    if cap is None or cap >= sum(sizes.values()):
+        return dict(sizes)
+    if how == "proportional":
+        total = sum(sizes.values())
+        exact = {n: cap * s / total for n, s in sizes.items()}
+        out = {n: int(v) for n, v in exact.items()}
+        for n in sorted(exact, key=lambda n: (out[n] - exact[n], n))[:cap - sum(out.values())]:
+            out[n] += 1
+        return out
+    out, left = {}, cap
+    names = sorted(sizes, key=lambda n: (sizes[n], n))  # smallest first, so their unused share goes to the rest
+    for i, n in enumerate(names):
+        out[n] = min(sizes[n], left // (len(names) - i))
+        left -= out[n]
+    return out
+
+
+def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_seed: int,
+            per_group_cap: int | None = None, stratify: str = "equal") -> tuple[list[dict], dict]:
+    """Seeds from the named tasks or groups: at most `per_task_cap` from each task, and at most `per_group_cap` from
+    each named group, stratified across its subtasks (see `allocate`). A task without a training split is refused."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
     tm = TaskManager(include_path=tasks_dir, include_defaults=False)
     unknown = [n for n in names if n not in tm.all_tasks]
     if unknown:
         raise SeedError(f"unknown task or group {unknown} (known: {sorted(tm.all_tasks)})")
-    tasks = leaf_tasks(get_task_dict(list(names), tm))
+    groups = {n: leaf_tasks(get_task_dict([n], tm)) for n in names}
+    tasks = {leaf: t for g in groups.values() for leaf, t in g.items()}
     no_train = sorted(n for n, t in tasks.items() if not t.has_training_docs())
     if no_train:
         raise SeedError(f"tasks without a training split cannot seed: {no_train} (seeds come from TRAIN splits only)")
+    docs_of = {n: list(t.training_docs()) for n, t in tasks.items()}
+    quota: dict[str, int] = {}
+    for leaves in groups.values():  # a task named twice (alone and in a group) gets the larger quota
+        sizes = {n: min(len(docs_of[n]), per_task_cap or len(docs_of[n])) for n in leaves}
+        for leaf, q in allocate(sizes, per_group_cap if len(leaves) > 1 else None, stratify).items():
+            quota[leaf] = max(q, quota.get(leaf, 0))
     records, counts = [], {}
     for name in sorted(tasks):
-        task = tasks[name]
-        docs = list(task.training_docs())
+        task, docs = tasks[name], docs_of[name]
         order = list(range(len(docs)))
-        if per_task_cap and len(docs) > per_task_cap:
-            order = sorted(random.Random(f"{sample_seed}:{name}").sample(order, per_task_cap))
+        if quota[name] < len(docs):
+            order = sorted(random.Random(f"{sample_seed}:{name}").sample(order, quota[name]))
         for i in order:
             doc = docs[i]
             prompt = task.doc_to_text(doc)
@@ -69,4 +99,6 @@ def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_s
                             "context": context, "choices": choices, "answer_index": index, "answer_text": answer,
                             "prompt": prompt, "split": "train"})
         counts[name] = {"train_docs": len(docs), "seeds": len(order)}
-    return records, counts
+    per_group = {g: {"subtasks": len(leaves), "seeds": sum(counts[n]["seeds"] for n in leaves)}
+                 for g, leaves in groups.items()}
+    return records, {"per_task": counts, "per_group": per_group}

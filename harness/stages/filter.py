@@ -4,6 +4,7 @@ base corpus, report only)."""
 
 from __future__ import annotations
 
+import collections
 import json
 
 from harness.data.readers import ReadStats, read_corpus
@@ -39,13 +40,31 @@ class DecontamIndexStage(Stage):
         return {"dir": "index", **index.stats}
 
 
+def _merged_items(ctx: StageContext) -> tuple[list[dict], dict]:
+    """The generated items of one stage, or of all shards in request order (as one stage would have written them),
+    with the generation counts summed over the shards."""
+    names = sorted((n for n in ctx.inputs if n == "items" or n.startswith("items.")),
+                   key=lambda n: int(n.partition(".")[2] or 0))
+    items = [it for n in names for it in ctx.input_rows(n)]
+    if len(names) > 1:
+        items.sort(key=lambda it: it["request"])  # stable: the pairs of one request keep their order
+    total: dict = {}
+    for n in names:
+        for key, val in ctx.manifests[n]["result"].items():
+            if key in ("seeds", "passages", "generations", "parsed", "kept"):
+                total[key] = total.get(key, 0) + val
+            elif key in ("malformed", "verification"):
+                total[key] = dict(collections.Counter(total.get(key, {})) + collections.Counter(val))
+    return items, {"shards": len(names), **total}
+
+
 @register
 class FilterStage(Stage):
     kind = "filter"
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config
-        items = ctx.input_rows("items")
+        items, generated = _merged_items(ctx)
         seeds = ctx.input_rows("seeds") if "seeds" in ctx.inputs else []
         from harness.filters import dedup  # datasketch (and scipy) take a third of a second to import
 
@@ -61,7 +80,7 @@ class FilterStage(Stage):
                                                                  "synthetic items dropped"))
         n = write_jsonl(ctx.workdir / "items.jsonl", kept)
         ctx.log.info("decontamination: %d dropped; %d items kept", len(dropped), n)
-        return {"file": "items.jsonl", "input": len(items), "deduplicated": dict(dup),
+        return {"file": "items.jsonl", "generated": generated, "input": len(items), "deduplicated": dict(dup),
                 "after_dedup": len(items) - sum(dup.values()), "decontaminated": len(dropped), "kept": n,
                 "contamination": {t: {k: v for k, v in r.items() if k != "examples"} for t, r in report.items()}}
 

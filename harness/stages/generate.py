@@ -59,6 +59,10 @@ class GenerateStage(Stage):
             reqs, meta = pipeline.seeded_requests(seeds, cfg, tpl, passages, samp)
         else:
             reqs, meta = pipeline.unseeded_requests(passages, cfg, tpl, samp)
+        if "shards" in cfg:
+            reqs = [r for r in reqs if pipeline.shard_of(meta[r.key], cfg["shards"]) == cfg["shard"]]
+            meta = {r.key: meta[r.key] for r in reqs}
+            ctx.log.info("shard %d of %d: %d requests", cfg["shard"], cfg["shards"], len(reqs))
 
         cache = RequestCache(Path(rt["request_cache"]), cfg["model_id"])
         served: dict = {}
@@ -83,7 +87,9 @@ class GenerateStage(Stage):
             per_task[it["task"]]["parsed"] += 1
             per_task[it["task"]]["kept"] += it.get("verified") is not False
         ctx.log.info("verification: %s; %d items kept", dict(verdicts), len(kept))
-        return {"file": "items.jsonl", "seeds": len(seeds), "passages": len(passages), "generations": len(reqs),
+        shard = {"shard": [cfg["shard"], cfg["shards"]]} if "shards" in cfg else {}
+        return {"file": "items.jsonl", **shard, "seeds": len({m["seed_id"] for m in meta.values()} - {None}),
+                "passages": len({m["passage_id"] for m in meta.values()} - {None}), "generations": len(reqs),
                 "parsed": len(items), "malformed": dict(sorted(dropped.items())), "enrichment": dict(enriched),
                 "verification": dict(verdicts), "kept": len(kept),
                 "per_task": {t: dict(c) for t, c in sorted(per_task.items())}, "requests": driver.counts,

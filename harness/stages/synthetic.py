@@ -17,11 +17,12 @@ class SeedsStage(Stage):
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config
         tasks_dir = ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]
-        records, counts = collect.collect(str(tasks_dir), cfg["tasks"], cfg["per_task_cap"], cfg["sample_seed"])
+        records, counts = collect.collect(str(tasks_dir), cfg["tasks"], cfg["per_task_cap"], cfg["sample_seed"],
+                                          cfg.get("per_group_cap"), cfg.get("stratify", "equal"))
         write_jsonl(ctx.workdir / "seeds.jsonl", records)
-        for task, c in counts.items():
+        for task, c in counts["per_task"].items():
             ctx.log.info("%s: %d seeds of %d train docs", task, c["seeds"], c["train_docs"])
-        return {"seeds": len(records), "per_task": counts, "file": "seeds.jsonl"}
+        return {"seeds": len(records), **counts, "file": "seeds.jsonl"}
 
 
 @register

@@ -11,16 +11,26 @@ from conftest import base_recipe, write_recipe
 from harness.plan import Plan
 
 
+PLANTED = [0, 1, 2, 3, 4, 500]  # SciQ validation items pasted into the `qa` corpus (the first 30 are evaluated)
+
+
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory):
+def ablation(tmp_path_factory, suite_store):
     tmp = tmp_path_factory.mktemp("e2e")
-    r = base_recipe(tmp, seeds=[1, 2],
+    sciq = Plan.load(suite_store / "runs" / "toy" / "plan.json")
+    sciq = [json.loads(l) for l in (sciq.dir(sciq.by_id("suite")) / "suite" / "data" / "sciq" / "validation.jsonl")
+            .read_text().splitlines()]
+    r = base_recipe(tmp, seeds=[1, 2], decontamination={"corpus_report": True},
                     train={"micro_batch_size": 4, "global_batch_size": 8, "lr": 3e-3, "min_lr": 3e-4,
                            "eval_interval": 20, "eval_samples": 8, "save_interval": 1000},
                     eval={"suite": "offline", "tasks": ["offline_arc_easy", "offline_sciq"], "limit": 30},
                     report={"baseline": "base"}, wandb={"mode": "offline", "project": "test"})
     r["data"].update(tokens=25_600, seq_length=128)
     r["tokenizer"]["vocab_size"] = 2000
+    with open(tmp / "corpora" / "qa.jsonl", "a") as f:
+        for i in PLANTED:
+            item = sciq[i]
+            f.write(json.dumps({"text": f"{item['query']} {item['choices'][item['gold']]}"}) + "\n")
     path = write_recipe(tmp / "r.yaml", r)
     res = subprocess.run([sys.executable, "-m", "harness", "run", str(path)], capture_output=True, text=True,
                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
@@ -69,6 +79,14 @@ def test_report_tables_csv_latex_plots(ablation, cli):
     assert csv_text.startswith("metric,arm,reference,task") and "gold_bpb,mixed,base,sciq" in csv_text
     tokens = results["tokens"]["mixed"]
     assert abs(tokens["qa"]["share"] - 0.3) < 0.05
+    # contamination beside the scores: the planted SciQ items that were evaluated, per arm; all six per source
+    con = results["contamination"]
+    assert con["arms"]["mixed"]["offline_sciq"] == {"matched": 5, "evaluated": 30, "unchecked": []}
+    assert con["arms"]["base"]["offline_sciq"]["matched"] == 0 and con["arms"]["mixed"]["offline_arc_easy"] == \
+        {"matched": 0, "evaluated": 30, "unchecked": []}
+    assert con["sources"]["qa"]["matched"]["sciq"] == 6 and con["sources"]["web"]["matched"] == {}
+    report = (rep / "report.md").read_text()
+    assert "| mixed | 0/30 | 5/30 | -" in report and "eval items matched: sciq 6 (in 6 documents)" in report
 
 
 def test_wandb_offline_runs_written(ablation, cli):

@@ -228,5 +228,10 @@ def _note(report: dict, index: Index, hits: dict[int, str], what: str, who, exam
 
 
 def _finish(report: dict) -> dict:
+    """Counts per eval task, the examples, and the matched eval items' ids (the report counts those it evaluated)."""
     return {t: {"matched_eval_items": len(r["matched_eval_items"]), "dropped": len(r["dropped"]),
-                "examples": r["examples"]} for t, r in sorted(report.items())}
+                "examples": r["examples"], "eval_items": sorted(r["matched_eval_items"])}
+            for t, r in sorted(report.items())}
+
+
+DETAIL = ("examples", "eval_items")  # kept in the stage's contamination.json, left out of its manifest

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from harness.plan import Plan
-from harness.report import stats
+from harness.report import contamination, stats
 
 # metric -> (label, higher is better, scale for display)
 METRICS = {"acc": ("accuracy", True, 100.0), "acc_norm": ("length-normalised accuracy", True, 100.0),
@@ -36,6 +36,7 @@ class ArmData:
     seeds: list[int]
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # metric -> task -> [seeds, items]
     tokens_by_source: dict[str, float] = field(default_factory=dict)  # mean over seeds
+    evaluated: dict[str, set] = field(default_factory=dict)  # task -> ids of the evaluated items
     mix: dict[str, float] = field(default_factory=dict)
 
 
@@ -80,6 +81,7 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
                     problems.append(f"arm '{arm['name']}' task {t}: seeds were evaluated on different items")
                     continue
                 data.scores[metric][t] = np.array([[r[metric] for r in s[t]] for s in per_seed], dtype=np.float64)
+                data.evaluated[t] = {r["id"] for r in per_seed[0][t] if r.get("id")}
         arms[arm["name"]] = data
     if problems:
         raise ReportError("cannot build the report:\n  " + "\n  ".join(problems))
@@ -163,6 +165,12 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
         results["tokens"][a.name] = {s: {"tokens": n, "share": n / total} for s, n in a.tokens_by_source.items()}
     tokens_md = _tokens_table(arms)
     (out / "tokens.md").write_text(tokens_md)
+    con = contamination.collect(plan, recipe, {a.name: a.evaluated for a in arms.values()}, _short)
+    results["contamination"] = {"arms": con["arms"], "sources": {
+        n: {k: ({t: len(v) for t, v in x.items()} if k == "matched" else x) for k, x in s.items()}
+        for n, s in con["sources"].items()}}
+    con_md = contamination.table(con, tasks, _short, (recipe.get("decontamination") or {}).get("ngram", 13))
+    (out / "contamination.md").write_text(con_md)
     with open(out / "comparisons.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows_csv[0]) if rows_csv else ["metric"])
         w.writeheader()
@@ -173,7 +181,8 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
     plots.write_all(plan, recipe, arms, results, out, groups)
     report_md = (f"# {plan.experiment}\n\n{len(recipe['seeds'])} training seed(s) per arm; 95% intervals from a paired "
                  f"bootstrap over items and seeds ({n_boot} replicates); bold: significantly better, italic: "
-                 f"significantly worse than the reference.\n\n" + "\n\n".join(tables_md) + "\n\n" + tokens_md)
+                 f"significantly worse than the reference.\n\n" + "\n\n".join(tables_md) + "\n\n" + tokens_md +
+                 "\n" + con_md)
     (out / "report.md").write_text(report_md)
     if (recipe.get("wandb") or {}).get("mode", "disabled") != "disabled":
         _log_wandb(recipe, plan.experiment, arms, rows_csv, out)

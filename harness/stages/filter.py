@@ -82,12 +82,14 @@ class FilterStage(Stage):
         ctx.log.info("decontamination: %d dropped; %d items kept", len(dropped), n)
         return {"file": "items.jsonl", "generated": generated, "input": len(items), "deduplicated": dict(dup),
                 "after_dedup": len(items) - sum(dup.values()), "decontaminated": len(dropped), "kept": n,
-                "contamination": {t: {k: v for k, v in r.items() if k != "examples"} for t, r in report.items()}}
+                "contamination": {t: {k: v for k, v in r.items() if k not in decontam.DETAIL}
+                                  for t, r in report.items()}}
 
 
 @register
 class ContaminationStage(Stage):
     kind = "contamination"
+    version = 2  # contamination.json lists the matched eval items
 
     def run(self, ctx: StageContext) -> dict:
         rt = ctx.spec.runtime
@@ -101,4 +103,5 @@ class ContaminationStage(Stage):
         for task, r in rep["per_task"].items():
             ctx.log.info("%s: %d eval items matched by %d documents", task, r["matched_eval_items"], r["documents"])
         return {"documents": rep["documents"], "words": rep["words"],
-                "per_task": {t: {k: v for k, v in r.items() if k != "examples"} for t, r in rep["per_task"].items()}}
+                "per_task": {t: {k: v for k, v in r.items() if k not in decontam.DETAIL}
+                             for t, r in rep["per_task"].items()}}

@@ -164,7 +164,9 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
             stages.append(StageSpec(f"eval/{arm.name}/seed{seed}", "eval",
                                     {"tasks": list(e.tasks), "limit": e.limit, "num_fewshot": e.num_fewshot,
                                      "backend": e.backend},
-                                    {"batch_size": e.batch_size},
+                                    {"batch_size": e.batch_size, "experiment": recipe.experiment, "arm": arm.name,
+                                     "seed": int(seed), "run_name": f"{arm.name}-seed{seed}",
+                                     "wandb": rcp.to_dict(recipe.wandb)},
                                     {"export": f"export/{arm.name}/seed{seed}", "train": tid, "suite": "suite"}))
 
     digests: dict[str, str] = {}
@@ -196,7 +198,8 @@ def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:
     else:
         ident = f"server:{g.model}"
     served = g.server_kind if g.backend == "openai" and g.server == "managed" else g.backend
-    return f"{g.backend}/{served}/{ident}"
+    batch = f"/batch{g.batch_size}" if g.backend == "transformers" else ""  # its samples depend on the batching
+    return f"{g.backend}/{served}/{ident}{batch}"
 
 
 def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list[StageSpec]) -> list[StageSpec]:

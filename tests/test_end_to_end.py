@@ -94,6 +94,10 @@ def test_wandb_offline_runs_written(ablation, cli):
     assert cli("report", "toy", "--store", tmp / "runs")[0] == 0
     runs = list((tmp / "runs" / "_stages" / "train").glob("*/wandb/offline-run-*"))
     assert len(runs) == 4, runs
+    evals = list((tmp / "runs" / "_stages" / "eval").glob("*/wandb/offline-run-*"))
+    assert len(evals) == 4, "one evaluation run per arm and seed"
+    summary = json.loads(next(evals[0].glob("files/wandb-summary.json")).read_text())
+    assert {"offline_sciq/acc", "offline_arc_easy/gold_bpb", "average/acc"} <= set(summary), summary
     assert any((tmp / "runs" / "toy" / "report").glob("wandb/offline-run-*")), "the report logs its own run"
 
 

@@ -188,6 +188,16 @@ def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
         assert g["requests"]["cached"] == 0 and g["requests"]["generated"] == 2 + g["parsed"]  # + one vote each
         texts.append((plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl").read_text())
     assert texts[0] == texts[1]
+    # a resume after a partial run (one answer of the batch missing from the cache) gives the uninterrupted samples:
+    # the batch is regenerated whole, not the missing request alone
+    with sqlite3.connect(suite_store / "runs" / "_cache" / "requests.sqlite") as db:
+        db.execute("DELETE FROM completions WHERE rowid = (SELECT MIN(rowid) FROM completions)")
+    os.rename(plan.dir(plan.by_id("generate/tsqa")), tmp_path / "second")
+    code, out = cli("run", path, "--only", "generate")
+    assert code == 0, out
+    g = _result(plan, "generate/tsqa")
+    assert g["requests"]["generated"] == 2 and g["requests"]["cached"] == g["parsed"], g["requests"]
+    assert (plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl").read_text() == texts[0]
 
 
 def test_vllm_backend_on_a_cpu_is_a_clear_error(tmp_path, suite_store, cli):

@@ -46,14 +46,19 @@ class Driver:
                 todo.append(r)
             else:
                 out[r.key] = c
+        if todo and self.backend is None:
+            self.backend = self.make_backend(self.stack)
+        batches = getattr(self.backend, "chunks", None)
+        if todo and batches is not None:  # samples depend on their batch: redo whole batches, as a fresh run made them
+            missing = {r.key for r in todo}
+            todo = [r for chunk in batches(requests) if any(r.key in missing for r in chunk) for r in chunk]
         self.counts["requests"] += len(requests)
-        self.counts["cached"] += len(out)
-        self.log.info("%s: %d requests, %d cached, %d to generate", label, len(requests), len(out), len(todo))
+        self.counts["cached"] += len(requests) - len(todo)
+        self.log.info("%s: %d requests, %d cached, %d to generate", label, len(requests), len(requests) - len(todo),
+                      len(todo))
         if not todo:
             return out
-        if self.backend is None:
-            self.backend = self.make_backend(self.stack)
-        t0, toks, last_log = time.perf_counter(), [0], [time.perf_counter()]
+        t0, toks, last_log, n_done = time.perf_counter(), [0], [time.perf_counter()], [0]
         cols = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn()]
         with Progress(*cols, transient=False) as bar:
@@ -68,8 +73,9 @@ class Driver:
                 self.counts["prompt_tokens"] += c.prompt_tokens
                 self.counts["completion_tokens"] += c.completion_tokens
                 toks[0] += c.completion_tokens
+                n_done[0] += 1
                 dt = max(1e-9, time.perf_counter() - t0)
-                n = len(out) - (len(requests) - len(todo))
+                n = n_done[0]
                 rate = f"{n / dt:.2f} items/s {toks[0] / dt:.0f} tok/s"
                 bar.update(task, advance=1, rate=rate)
                 if time.perf_counter() - last_log[0] > 30:  # the log file gets the progress too

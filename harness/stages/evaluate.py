@@ -60,6 +60,26 @@ class _TruncationCounter(logging.Filter):
         return True
 
 
+def _log_wandb(ctx: StageContext, per_task: dict) -> None:
+    """One W&B run per arm and seed for its evaluation (job type `eval`, the experiment's group, the training run's
+    name): the scores per task and on average in its summary."""
+    rt = ctx.spec.runtime
+    w = rt.get("wandb") or {}
+    if w.get("mode", "disabled") == "disabled":
+        return
+    import wandb
+
+    summary = {f"{task}/{k}": v for task, m in per_task.items() for k, v in m.items()}
+    for k in ("acc", "acc_norm", "gold_bpb"):
+        summary[f"average/{k}"] = sum(m[k] for m in per_task.values()) / len(per_task)
+    run = wandb.init(project=w.get("project", "task-seeded"), group=rt["experiment"], name=rt["run_name"],
+                     job_type="eval", mode=w["mode"], dir=str(ctx.workdir), reinit="finish_previous",
+                     config={"arm": rt["arm"], "seed": rt["seed"], "tasks": ctx.spec.config["tasks"],
+                             "limit": ctx.spec.config["limit"], "backend": ctx.spec.config.get("backend", "hf")})
+    run.summary.update(summary)
+    run.finish()
+
+
 @register
 class EvalStage(Stage):
     kind = "eval"
@@ -110,6 +130,7 @@ class EvalStage(Stage):
         lm_results = {"results": res["results"], "versions": res.get("versions"), "n-shot": res.get("n-shot"),
                       "configs": res.get("configs"), "group_subtasks": res.get("group_subtasks")}
         (ctx.workdir / "lm_eval_results.json").write_text(json.dumps(lm_results, indent=2, default=str))
+        _log_wandb(ctx, per_task)
         return {"tasks": per_task, "samples": "samples"}
 
     @staticmethod

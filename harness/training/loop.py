@@ -299,7 +299,7 @@ class Trainer:
         import wandb
 
         return wandb.init(project=w.get("project", "task-seeded"), group=self.spec["experiment"],
-                          name=self.spec["run_name"], mode=w["mode"], dir=str(self.workdir),
+                          name=self.spec["run_name"], job_type="train", mode=w["mode"], dir=str(self.workdir),
                           config={"model": self.spec["model"], "train": self.spec["train"],
                                   "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}},
                           reinit="finish_previous")

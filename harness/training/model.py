@@ -84,7 +84,11 @@ def layer_spec(use_te: bool):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+    from harness.training.attention import SDPAttention
+
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention  # torch's fused attention kernels
+    return spec
 
 
 def te_available() -> bool:

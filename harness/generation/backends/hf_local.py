@@ -31,34 +31,34 @@ class TransformersBackend(Backend):
                                 temperature=r.temperature or None, top_p=r.top_p if r.temperature > 0 else None,
                                 eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.pad_token_id)
 
-    def generate(self, requests, on_done) -> None:
-        order = sorted(requests, key=lambda r: r.key)
-        # one sampling setting per chunk: chunk requests that share it
+    def chunks(self, requests) -> list[list]:
+        """The batches `requests` are generated in: key order, one sampling setting per chunk, batch_size each."""
         groups: dict[tuple, list] = {}
-        for r in order:
+        for r in sorted(requests, key=lambda r: r.key):
             groups.setdefault((r.max_tokens, r.temperature, r.top_p), []).append(r)
         bs = max(1, self.opts.batch_size)
-        for reqs in groups.values():
-            for i in range(0, len(reqs), bs):
-                chunk = reqs[i:i + bs]
-                ids = []
-                for r in chunk:
-                    enc = self.tok.apply_chat_template(r.as_chat(), add_generation_prompt=True, tokenize=True)
-                    ids.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
-                torch.manual_seed(chunk[0].seed)
-                # generate_batch runs its own no-grad generation loop on a thread: no inference_mode here (its
-                # tensors could not be updated in place by that thread)
-                out = self.model.generate_batch(ids, generation_config=self._config(chunk[0]), progress_bar=False)
-                by_id = {int(k.rsplit("_", 1)[1]): v for k, v in out.items()}  # req_<position>
-                failed = [chunk[j].key for j in range(len(chunk))
-                          if j not in by_id or getattr(by_id[j], "error", None)]
-                if failed:
-                    raise GenerationError(f"local generation failed for {len(failed)} requests (first: {failed[0]}); "
-                                          f"see the log above")
-                for j, r in enumerate(chunk):
-                    toks = list(by_id[j].generated_tokens)
-                    finish = "length"
-                    if self.tok.eos_token_id in toks:
-                        toks, finish = toks[: toks.index(self.tok.eos_token_id)], "stop"
-                    on_done(r, Completion(self.tok.decode(toks, skip_special_tokens=True), len(ids[j]), len(toks),
-                                          finish))
+        return [reqs[i:i + bs] for reqs in groups.values() for i in range(0, len(reqs), bs)]
+
+    def generate(self, requests, on_done) -> None:
+        for chunk in self.chunks(requests):
+            ids = []
+            for r in chunk:
+                enc = self.tok.apply_chat_template(r.as_chat(), add_generation_prompt=True, tokenize=True)
+                ids.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
+            torch.manual_seed(chunk[0].seed)
+            # generate_batch runs its own no-grad generation loop on a thread: no inference_mode here (its
+            # tensors could not be updated in place by that thread)
+            out = self.model.generate_batch(ids, generation_config=self._config(chunk[0]), progress_bar=False)
+            by_id = {int(k.rsplit("_", 1)[1]): v for k, v in out.items()}  # req_<position>
+            failed = [chunk[j].key for j in range(len(chunk))
+                      if j not in by_id or getattr(by_id[j], "error", None)]
+            if failed:
+                raise GenerationError(f"local generation failed for {len(failed)} requests (first: {failed[0]}); "
+                                      f"see the log above")
+            for j, r in enumerate(chunk):
+                toks = list(by_id[j].generated_tokens)
+                finish = "length"
+                if self.tok.eos_token_id in toks:
+                    toks, finish = toks[: toks.index(self.tok.eos_token_id)], "stop"
+                on_done(r, Completion(self.tok.decode(toks, skip_special_tokens=True), len(ids[j]), len(toks),
+                                      finish))

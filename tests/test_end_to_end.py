@@ -86,7 +86,7 @@ def test_report_tables_csv_latex_plots(ablation, cli):
         {"matched": 0, "evaluated": 30, "unchecked": []}
     assert con["sources"]["qa"]["matched"]["sciq"] == 6 and con["sources"]["web"]["matched"] == {}
     report = (rep / "report.md").read_text()
-    assert "| mixed | 0/30 | 5/30 | -" in report and "eval items matched: sciq 6 (in 6 documents)" in report
+    assert "| mixed | 0/30 | 5/30 | -" in report and "eval items matched: sciq 6 (6 documents)" in report
 
 
 def test_wandb_offline_runs_written(ablation, cli):

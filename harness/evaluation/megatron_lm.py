@@ -31,6 +31,9 @@ class MegatronHarnessLM(LM):
         ckpt = Path(checkpoint) if checkpoint else train_dir / result["final_checkpoint"]
         self.shape = mdl.ModelShape(**self.spec["model"])
         self.model = export.load_model(self.spec, ckpt)
+        # forward returns the decoder's (final-normed) hidden states; the output layer is applied only at the
+        # positions that are scored - for a small model most of the work is that [tokens, vocabulary] projection
+        self.model.post_process = False
         self.tok = load(self.spec["tokenizer"]["path"])
         self.eod = self.spec["tokenizer"]["eod_id"]
         self.max_length = self.shape.seq_length
@@ -50,18 +53,24 @@ class MegatronHarnessLM(LM):
         return ctx, whole[len(ctx):]
 
     @torch.no_grad()
-    def _logits(self, sequences: list[list[int]]) -> torch.Tensor:
-        """Logits at every position of the right-padded batch (padding after a sequence cannot affect it)."""
+    def _hidden(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Hidden states [batch, position, hidden] of the right-padded batch (padding after a sequence cannot
+        affect it)."""
         n = max(len(s) for s in sequences)
         batch = torch.full((len(sequences), n), self.eod, dtype=torch.long)
         for i, s in enumerate(sequences):
             batch[i, :len(s)] = torch.tensor(s)
         pos = torch.arange(n).unsqueeze(0).expand(len(sequences), -1)
-        return self.model(batch, pos, None)
+        return self.model(batch, pos, None).transpose(0, 1)
+
+    @torch.no_grad()
+    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the vocabulary at the given hidden states [n, hidden]."""
+        logits, _ = self.model.output_layer(hidden.unsqueeze(1))
+        return torch.log_softmax(logits.squeeze(1).float(), dim=-1)
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per pair.
-        The softmax is taken only at the continuation's positions, not over the whole sequence."""
+        """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per pair."""
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         for start in range(0, len(order), self.batch_size):
@@ -73,12 +82,14 @@ class MegatronHarnessLM(LM):
                     raise ValueError(f"a continuation of {len(cont)} tokens exceeds the context of {self.max_length}")
                 seqs.append((ctx + cont)[-(self.max_length + 1):][:-1])
                 conts.append(cont)
-            logits = self._logits(seqs)
-            for row, (i, cont, seq) in enumerate(zip(idx, conts, seqs)):
-                at = torch.log_softmax(logits[row, len(seq) - len(cont):len(seq)].float(), dim=-1)
+            hidden = self._hidden(seqs)
+            at = self._log_probs(torch.cat([hidden[row, len(seq) - len(cont):len(seq)]
+                                            for row, (cont, seq) in enumerate(zip(conts, seqs))]))
+            first = 0
+            for i, cont in zip(idx, conts):
+                lp, first = at[first:first + len(cont)], first + len(cont)
                 target = torch.tensor(cont)
-                ll = float(at.gather(1, target.unsqueeze(1)).sum())
-                out[i] = (ll, bool((at.argmax(dim=-1) == target).all()))
+                out[i] = (float(lp.gather(1, target.unsqueeze(1)).sum()), bool((lp.argmax(dim=-1) == target).all()))
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------- lm-eval API
@@ -116,7 +127,7 @@ class MegatronHarnessLM(LM):
             text = ""
             for _ in range(max_new):  # greedy, no cache: fine for small models
                 seq = (ids + new)[-self.max_length:]
-                nxt = int(self._logits([seq])[0, len(seq) - 1].argmax())
+                nxt = int(self._log_probs(self._hidden([seq])[0, len(seq) - 1:]).argmax())
                 if nxt == self.eod:
                     break
                 new.append(nxt)

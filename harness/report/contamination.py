@@ -61,7 +61,8 @@ def table(con: dict, columns: list[str], short, ngram: int) -> str:
     notes = []
     for name, s in con["sources"].items():
         if s["kind"] == "corpus" and s["checked"]:
-            per = ", ".join(f"{t} {len(ids)} (in {s['by_documents'][t]} documents)" for t, ids in s["matched"].items())
+            per = ", ".join(f"{t} {len(ids)} ({s['by_documents'][t]} document{'s' * (s['by_documents'][t] != 1)})"
+                            for t, ids in s["matched"].items())
             notes.append(f"- `{name}` (base corpus, {s['documents']:,} documents; matches stay in the data): "
                          f"eval items matched: {per or 'none'}")
         elif s["kind"] == "synthetic" and s["checked"]:

@@ -228,6 +228,7 @@ class EvalConfig:
     num_fewshot: int = 0
     batch_size: int = 32
     backend: str = "hf"  # hf: lm-eval's transformers backend on the export | megatron: ours, on the checkpoint
+    #                      | vllm: lm-eval's vLLM backend on the export (GPU nodes)
 
 
 @dataclass
@@ -583,8 +584,9 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("eval.suite", f"no suite '{e.suite}' (evals/{e.suite}.yaml)")
     if not e.tasks:
         bad("eval.tasks", "at least one task or group is required")
-    if e.backend not in ("hf", "megatron"):
-        bad("eval.backend", f"unknown backend '{e.backend}' (hf, megatron)")
+    if e.backend not in ("hf", "megatron", "vllm"):
+        bad("eval.backend", f"unknown backend '{e.backend}'{_did_you_mean(e.backend, ['hf', 'megatron', 'vllm'])} "
+                            f"(hf, megatron, vllm)")
     if e.limit is not None and e.limit < 1:
         bad("eval.limit", "must be at least 1 (or null for every item)")
     arm_names = [a.name for a in recipe.arms]

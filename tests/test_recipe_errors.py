@@ -67,6 +67,7 @@ CASES = [
      ["synthetic.t.per_group_cap", "at least 1"]),
     ("context share out of range", "synthetic", {"t": {"kind": "task_seeded", "context_share": 1.5}},
      ["synthetic.t.context_share", "must be in [0, 1]"]),
+    ("unknown eval backend", "eval", {"backend": "vlm"}, ["eval.backend", "unknown backend 'vlm'", "did you mean 'vllm'"]),
     ("unknown generator backend", "generator", {"backend": "llamacpp"},
      ["generator.backend", "unknown backend 'llamacpp'"]),
     ("generator model not found", "generator", {"backend": "transformers", "model": "no/such/folder"},
@@ -145,3 +146,10 @@ def test_local_profile_is_refused_by_submit(tmp_path, cli):
     code, output = cli("submit", write_recipe(tmp_path / "r.yaml", base_recipe(tmp_path)))
     assert code == 2 and "runs locally" in output and "profile=local-cluster" in " ".join(output.split())
     assert not (tmp_path / "runs" / "toy").exists()
+
+
+def test_vllm_eval_backend_on_a_cpu_is_a_clear_error():
+    from harness.stages.evaluate import EVAL_BACKENDS
+
+    with pytest.raises(RuntimeError, match="eval.backend vllm needs a GPU"):
+        EVAL_BACKENDS["vllm"](None, "hf", "cpu")

@@ -135,15 +135,36 @@ class EvalStage(Stage):
 
     @staticmethod
     def _evaluate(lm_eval, cfg, tm, hf_dir, ctx):
-        batch = ctx.spec.runtime["batch_size"]
-        if cfg.get("backend", "hf") == "megatron":  # our lm-eval model on the megatron checkpoint itself
-            import harness.evaluation.megatron_lm  # noqa: F401  (registers megatron_harness)
+        import torch
 
-            model, args = "megatron_harness", f"train_dir={ctx.inputs['train']}"
-        else:  # lm-eval's own transformers backend on the export
-            model, args = "hf", f"pretrained={hf_dir},dtype=float32"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, args = EVAL_BACKENDS[cfg.get("backend", "hf")](ctx, hf_dir, device)
         return lm_eval.simple_evaluate(model=model, model_args=args,
                                       tasks=list(cfg["tasks"]), task_manager=tm, num_fewshot=cfg["num_fewshot"],
-                                      limit=cfg["limit"], batch_size=batch,
-                                      device=ctx.spec.runtime.get("device", "cpu"), log_samples=True,
+                                      limit=cfg["limit"], batch_size=ctx.spec.runtime["batch_size"],
+                                      device=device, log_samples=True,
                                       random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+
+
+def _hf(ctx, hf_dir, device):  # lm-eval's own transformers backend on the export
+    return "hf", f"pretrained={hf_dir},dtype={'float32' if device == 'cpu' else 'bfloat16'}"
+
+
+def _megatron(ctx, hf_dir, device):  # our lm-eval model on the megatron checkpoint itself (CPU)
+    import harness.evaluation.megatron_lm  # noqa: F401  (registers megatron_harness)
+
+    return "megatron_harness", f"train_dir={ctx.inputs['train']}"
+
+
+def _vllm(ctx, hf_dir, device):  # lm-eval's vLLM backend on the export: GPU nodes with the gpu extra
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise RuntimeError("eval.backend vllm needs a GPU node with the gpu extra (pip install '.[gpu]'); "
+                           "use hf or megatron here") from None
+    if device != "cuda":
+        raise RuntimeError("eval.backend vllm needs a GPU; use hf or megatron on a CPU")
+    return "vllm", f"pretrained={hf_dir},dtype=bfloat16,gpu_memory_utilization=0.8"
+
+
+EVAL_BACKENDS = {"hf": _hf, "megatron": _megatron, "vllm": _vllm}

@@ -80,3 +80,44 @@ def test_plan_with_generation_and_template_edit(tmp_path):
     plan2 = build(load(path), Store(tmp_path / "runs"))
     changed = {s.id for s, t in zip(plan.stages, plan2.stages) if s.digest != t.digest}
     assert "generate/tsqa" in changed and "generate/uqa" not in changed and "decontam_index" not in changed
+
+
+def _write_answers(path: str, journal: str, writer: int, n: int) -> None:
+    from pathlib import Path
+
+    from harness.generation.backends import Completion, Request
+    from harness.generation.cache import RequestCache
+
+    cache = RequestCache(Path(path), "model", journal)
+    for i in range(n):
+        cache.put(Request(f"w{writer}#{i}", (("user", f"q{writer}-{i}"),), 8, 0.5, 1.0, i),
+                  Completion(f"a{writer}-{i}", 3, 2, "stop"))
+    cache.close()
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_request_cache_concurrent_writers(tmp_path, journal):
+    """Generation shards write one cache at once: WAL on a local disk, a rollback journal on a network filesystem
+    (chosen by the filesystem type); nothing is lost either way."""
+    import multiprocessing as mp
+    from pathlib import Path
+
+    from harness.generation.backends import Request
+    from harness.generation.cache import RequestCache, filesystem_type
+
+    assert filesystem_type(Path("/proc")) == "proc" and filesystem_type(tmp_path) not in ("proc", "unknown")
+    path = tmp_path / "requests.sqlite"
+    procs = [mp.get_context("spawn").Process(target=_write_answers, args=(str(path), journal, w, 40))
+             for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    cache = RequestCache(path, "model", journal)
+    assert cache.db.execute("PRAGMA journal_mode").fetchone()[0] == journal
+    got = [cache.get(Request(f"w{w}#{i}", (("user", f"q{w}-{i}"),), 8, 0.5, 1.0, i)) for w in range(3)
+           for i in range(40)]
+    assert all(c is not None and c.text == f"a{w}-{i}" for c, (w, i) in zip(got, [(w, i) for w in range(3)
+                                                                               for i in range(40)]))
+    cache.close()

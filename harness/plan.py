@@ -148,8 +148,10 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
     model_cfg = {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
     train = rcp.to_dict(recipe.train)
     runtime_train = {k: train.pop(k) for k in ("save_interval", "keep_last", "log_interval")}  # not in the result
-    valid_deps = {f"valid:{s}": f"tokenize/{s}" for s in used}
     for arm in recipe.arms:
+        # validation losses on every base corpus and on the arm's own synthetic sources: an arm never waits for
+        # another arm's synthetic data (on a cluster the baseline starts while the synthetic sets are generated)
+        valid_deps = {f"valid:{s}": f"tokenize/{s}" for s in used if s in recipe.corpora or arm.mix.get(s, 0) > 0}
         for seed in recipe.seeds:
             tid = f"train/{arm.name}/seed{seed}"
             stages.append(StageSpec(tid, "train",

@@ -69,12 +69,15 @@ def test_plan_has_every_arm_seed_and_both_synthetic_sets(rendered):
 
 
 def test_training_scripts_span_two_nodes_of_eight_gpus_and_requeue(rendered):
-    """Arms whose inputs sit at the same depth of the DAG share an array (every run also needs every tokenized
-    source, for its validation losses, so the baseline too waits for the synthetic sets)."""
-    _, scripts, _ = rendered
+    """Arms whose inputs sit at the same depth of the DAG share an array. A run validates on the base corpus and its
+    own synthetic sources only, so the baseline does not wait for any synthetic set."""
+    plan, scripts, _ = rendered
     trains = [s for k, s in scripts.items() if k.endswith("train")]
     sizes = sorted(int(re.search(r"--array=0-(\d+)", t).group(1)) + 1 for t in trains)
-    assert sizes == [6, 9], sizes  # baseline and unseeded_20; taskqa_5/10/20 - three seeds each
+    assert sizes == [3, 3, 9], sizes  # baseline; unseeded_20; taskqa_5/10/20 - three seeds each
+    base = plan.by_id("train/baseline/seed1").deps.values()
+    assert "tokenize/web" in base and not any("taskqa" in d or "unseeded" in d for d in base)
+    assert "tokenize/taskqa" in plan.by_id("train/taskqa_5/seed2").deps.values()
     for train in trains:
         d = _directives(train)
         assert {"--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--requeue",

@@ -231,17 +231,16 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
         config["corpus"] = {"files": store.fingerprint(files), "format": c.format, "text_field": c.text_field}
         runtime["corpus"] = {"files": files, "format": c.format, "text_field": c.text_field}
     seeds = {"seeds": f"seeds/{name}"} if syn.kind == "task_seeded" else {}
-    filt = StageSpec(f"filter/{name}", "filter", {"dedup_threshold": syn.dedup_threshold,
-                                                 "decontaminate": syn.decontaminate}, {},
-                     {"items": f"generate/{name}", **seeds, "index": "decontam_index"})
     if g.shards == 1:
-        return [StageSpec(f"generate/{name}", "generate", config, runtime, seeds), filt]
-    # shards: the same stage over a part of the requests each (split by seed or passage); filter merges them
-    gens = [StageSpec(f"generate/{name}/shard{i}", "generate", {**config, "shard": i, "shards": g.shards}, runtime,
-                      seeds) for i in range(g.shards)]
-    del filt.deps["items"]
-    filt.deps.update({f"items.{i}": s.id for i, s in enumerate(gens)})
-    return [*gens, filt]
+        gens = [StageSpec(f"generate/{name}", "generate", config, runtime, seeds)]
+        items = {"items": gens[0].id}
+    else:  # the same stage over a part of the requests each (split by seed or passage); filter merges them
+        gens = [StageSpec(f"generate/{name}/shard{i}", "generate", {**config, "shard": i, "shards": g.shards},
+                          runtime, seeds) for i in range(g.shards)]
+        items = {f"items.{i}": s.id for i, s in enumerate(gens)}
+    return [*gens, StageSpec(f"filter/{name}", "filter", {"dedup_threshold": syn.dedup_threshold,
+                                                          "decontaminate": syn.decontaminate}, {},
+                             {**items, **seeds, "index": "decontam_index"})]
 
 
 def select(plan: Plan, only: list[str] | None) -> list[StageSpec]:

@@ -276,7 +276,8 @@ def render(plan: Plan, profile: rcp.ProfileConfig, g: Group, name: str, log: str
         experiment=plan.experiment, kind=g.kind, stages=[s.id for s in g.stages], array=g.array,
         rendered_at=time.strftime("%Y-%m-%d %H:%M:%S"), dependency=dep, hold=hold, script=script,
         directives=directives(profile, g.kind, name, len(g.stages), log, os.getcwd()),
-        setup=list(profile.slurm.setup), python=profile.slurm.python or sys.executable, plan=plan.path, max_requeues=profile.slurm.max_requeues)
+        setup=list(profile.slurm.setup), python=profile.slurm.python or sys.executable, plan=plan.path,
+        max_requeues=profile.slurm.max_requeues)
 
 
 def submit(plan: Plan, profile: rcp.ProfileConfig, only: list[str] | None = None, hold: bool = False,
@@ -318,8 +319,8 @@ def submit(plan: Plan, profile: rcp.ProfileConfig, only: list[str] | None = None
         if not dry_run:
             g.job_id = slurm.sbatch(script, dep or None, hold)
             ledger.add({"job_id": g.job_id, "name": name, "kind": g.kind, "stages": [s.id for s in g.stages],
-                        "digests": [s.digest for s in g.stages], "array": g.array, "script": str(script), "dependency": dep, "log": log,
-                        "submitted": time.time()})
+                        "digests": [s.digest for s in g.stages], "array": g.array, "script": str(script),
+                        "dependency": dep, "log": log, "submitted": time.time()})
             echo(f"{g.job_id:>8}  {name}  {len(g.stages)} stage(s): {', '.join(s.id for s in g.stages)}"
                  + (f"  (after {dep})" if dep else ""))
         for s in g.stages:

@@ -68,8 +68,7 @@ def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages: list
                                 with_passage=bool(seed.get("context")))
             reqs.append(s.request(key, prompt))
             meta[key] = {"request": key, "item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"],
-                         "task": seed["task"],
-                         "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
+                         "task": seed["task"], "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
                          "passage_id": passage["passage_id"] if passage else None}
     return reqs, meta
 

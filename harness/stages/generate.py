@@ -92,6 +92,7 @@ class GenerateStage(Stage):
                 "passages": len({m["passage_id"] for m in meta.values()} - {None}), "generations": len(reqs),
                 "parsed": len(items), "malformed": dict(sorted(dropped.items())), "enrichment": dict(enriched),
                 "verification": dict(verdicts), "kept": len(kept),
-                "per_task": {t: dict(c) for t, c in sorted(per_task.items())}, "requests": {**driver.counts, "cache_journal": cache.journal},
+                "per_task": {t: dict(c) for t, c in sorted(per_task.items())},
+                "requests": {**driver.counts, "cache_journal": cache.journal},
                 "retries": getattr(driver.backend, "retries", 0), "templates": cfg["templates"],
                 "managed_server": served or None}

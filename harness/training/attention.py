@@ -4,7 +4,8 @@ megatron's local DotProductAttention materialises the [b, heads, s, s] scores an
 on a CPU (and on a GPU without transformer-engine) torch's fused kernels compute the same attention faster and in
 less memory. Same parameters (none), same math: checkpoints and exports are unchanged. Anything the fused call does
 not cover (packed sequences, attention bias, softmax offsets, sliding windows, query-key layer scaling) goes to
-megatron's own implementation."""
+megatron's own implementation - and so does attention dropout while training, which megatron draws from its
+model-parallel RNG tracker, not from the global generator the fused kernel would use."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class SDPAttention(DotProductAttention):
     def _fused(self, attention_bias, packed_seq_params) -> bool:
         c = self.config
         return (packed_seq_params is None and attention_bias is None and self.softmax_offset is None
-                and c.window_size is None and not c.apply_query_key_layer_scaling)
+                and c.window_size is None and not c.apply_query_key_layer_scaling
+                and not (self.training and self.attention_dropout.p > 0))
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
@@ -34,6 +36,5 @@ class SDPAttention(DotProductAttention):
         # means the default causal mask (as FusedScaleMaskSoftmax builds it)
         causal = attention_mask is None and mask_type == AttnMaskType.causal and sq > 1
         mask = None if attention_mask is None else ~attention_mask
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale,
-                                             dropout_p=self.attention_dropout.p if self.training else 0.0)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale)
         return ctx.permute(2, 0, 1, 3).reshape(sq, b, -1)

@@ -17,6 +17,7 @@ import harness
 from harness import recipe as rcp
 from harness.stages import StageSpec, get
 from harness.store import Store, write_json_atomic
+from harness.training.config import RUNTIME_KEYS
 
 
 @dataclass
@@ -147,7 +148,7 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
     # one training run per arm and seed, then its export to a transformers folder
     model_cfg = {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
     train = rcp.to_dict(recipe.train)
-    runtime_train = {k: train.pop(k) for k in ("save_interval", "keep_last", "log_interval")}  # not in the result
+    runtime_train = {k: train.pop(k) for k in RUNTIME_KEYS}  # how it runs, not what it computes: not hashed
     for arm in recipe.arms:
         # validation losses on every base corpus and on the arm's own synthetic sources: an arm never waits for
         # another arm's synthetic data (on a cluster the baseline starts while the synthetic sets are generated)

@@ -20,6 +20,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from harness.training.config import TrainConfig, WandbConfig, validate_train, validate_train_for_model, validate_wandb
+
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -150,38 +152,10 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    micro_batch_size: int = 8
-    global_batch_size: int = 32
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_fraction: float = 0.05
-    schedule: str = "cosine"  # cosine | wsd | linear | constant
-    wsd_decay_fraction: float = 0.2  # for wsd: the share of steps spent decaying
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    clip_grad: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16
-    distributed_optimizer: bool = False
-    eval_interval: int = 50  # steps between validation losses
-    eval_samples: int = 64  # validation samples per source (its valid split)
-    save_interval: int = 100  # steps between checkpoints (and always at the end)
-    keep_last: int = 2
-    log_interval: int = 10
-
-
-@dataclass
 class ReportConfig:
     baseline: str = "baseline"  # the arm every other arm is compared with
     controls: list[str] = field(default_factory=list)  # further reference arms (e.g. the unseeded Q&A control)
     bootstrap: int = 2000  # bootstrap replicates for the intervals
-
-
-@dataclass
-class WandbConfig:
-    mode: str = "disabled"  # disabled | offline | online
-    project: str = "task-seeded"
 
 
 @dataclass
@@ -554,22 +528,8 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         if arm.mix and not any(_bad_number(s) for s in arm.mix.values()) and abs(total - 1.0) > 1e-6:
             bad(f"{key}.mix", f"shares of arm '{arm.name}' sum to {total:.6g}, not 1")
     t = recipe.train
-    if t.precision not in ("fp32", "bf16"):
-        bad("train.precision", f"unknown precision '{t.precision}' (fp32, bf16)")
-    if t.schedule not in ("cosine", "wsd", "linear", "constant"):
-        bad("train.schedule", f"unknown schedule '{t.schedule}' (cosine, wsd, linear, constant)")
-    if t.micro_batch_size < 1 or t.global_batch_size % max(1, t.micro_batch_size):
-        bad("train.global_batch_size", f"{t.global_batch_size} is not a multiple of train.micro_batch_size "
-                                       f"{t.micro_batch_size}")
-    for key in ("lr", "min_lr", "weight_decay", "clip_grad"):
-        v = getattr(t, key)
-        if _bad_number(v) or v < 0:
-            bad(f"train.{key}", f"must be a number >= 0, got {v}")
-    if not 0 <= t.warmup_fraction < 1:
-        bad("train.warmup_fraction", f"must be in [0, 1), got {t.warmup_fraction}")
-    for key in ("eval_interval", "save_interval", "keep_last", "log_interval", "eval_samples"):
-        if getattr(t, key) < 1:
-            bad(f"train.{key}", "must be at least 1")
+    validate_train(t, bad)
+    validate_train_for_model(t, recipe.model.num_layers, bad)
     if not _bad_number(d.tokens) and d.tokens > 0 and d.tokens < d.seq_length * t.global_batch_size:
         bad("data.tokens", f"{d.tokens:,} tokens are less than one step of {t.global_batch_size} sequences of "
                            f"{d.seq_length}")
@@ -596,8 +556,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
             bad(key, f"no arm named '{who}'{_did_you_mean(who, arm_names)}")
     if recipe.report.bootstrap < 100:
         bad("report.bootstrap", "use at least 100 replicates")
-    if recipe.wandb.mode not in ("disabled", "offline", "online"):
-        bad("wandb.mode", f"unknown mode '{recipe.wandb.mode}' (disabled, offline, online)")
+    validate_wandb(recipe.wandb, bad)
     if recipe.profile.nproc_per_node < 1:
         bad("profile.nproc_per_node", "must be at least 1")
     _validate_slurm(recipe.profile.slurm, bad)

@@ -194,9 +194,9 @@ def _log_wandb(recipe: dict, experiment: str, arms: dict[str, ArmData], rows: li
     the report's files as an artifact."""
     import wandb
 
-    w = recipe["wandb"]
-    run = wandb.init(project=w.get("project", "task-seeded"), group=experiment, name=f"{experiment}-report",
-                     job_type="report", mode=w["mode"], dir=str(out), reinit="finish_previous")
+    from harness import tracking
+
+    run = tracking.init_run(recipe["wandb"], out, group=experiment, name=f"{experiment}-report", job_type="report")
     scores = wandb.Table(columns=["arm", "seed", "task", "metric", "value"])
     for a in arms.values():
         for metric, per_task in a.scores.items():

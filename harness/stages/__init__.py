@@ -58,6 +58,7 @@ def write_jsonl(path: Path, rows) -> int:
 
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: progress saved, then stopped on request; a rerun (or a requeue) resumes
+INTERRUPTED = "INTERRUPTED"  # a file a stage's worker processes leave in its workdir once they saved and stopped
 
 
 class StageInterrupted(Exception):

@@ -63,19 +63,19 @@ class _TruncationCounter(logging.Filter):
 def _log_wandb(ctx: StageContext, per_task: dict) -> None:
     """One W&B run per arm and seed for its evaluation (job type `eval`, the experiment's group, the training run's
     name): the scores per task and on average in its summary."""
-    rt = ctx.spec.runtime
-    w = rt.get("wandb") or {}
-    if w.get("mode", "disabled") == "disabled":
-        return
-    import wandb
+    from harness import tracking
 
+    rt = ctx.spec.runtime
+    run = tracking.init_run(rt.get("wandb"), ctx.workdir, say=ctx.log.warning, group=rt["experiment"],
+                            name=rt["run_name"], job_type="eval",
+                            config={"arm": rt["arm"], "seed": rt["seed"], "tasks": ctx.spec.config["tasks"],
+                                    "limit": ctx.spec.config["limit"],
+                                    "backend": ctx.spec.config.get("backend", "hf")})
+    if run is None:
+        return
     summary = {f"{task}/{k}": v for task, m in per_task.items() for k, v in m.items()}
     for k in ("acc", "acc_norm", "gold_bpb"):
         summary[f"average/{k}"] = sum(m[k] for m in per_task.values()) / len(per_task)
-    run = wandb.init(project=w.get("project", "task-seeded"), group=rt["experiment"], name=rt["run_name"],
-                     job_type="eval", mode=w["mode"], dir=str(ctx.workdir), reinit="finish_previous",
-                     config={"arm": rt["arm"], "seed": rt["seed"], "tasks": ctx.spec.config["tasks"],
-                             "limit": ctx.spec.config["limit"], "backend": ctx.spec.config.get("backend", "hf")})
     run.summary.update(summary)
     run.finish()
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from harness.data import indexed
-from harness.stages import EXIT_REQUEUE, Stage, StageContext, StageInterrupted, register
+from harness.stages import INTERRUPTED, Stage, StageContext, StageInterrupted, register
 
 
 def _check_inputs(ctx: StageContext, shape, blend: dict, gbs: int) -> int:
@@ -56,9 +56,14 @@ class TrainStage(Stage):
                      f"{shape.parameters():,}", steps, cfg["train"]["global_batch_size"], shape.seq_length, n)
         cmd, env = launch_command(n, [sys.executable, "-m", "harness.training.worker", str(spec_path)])
         ctx.log.info("launch: %s", " ".join(cmd))
+        marker = ctx.workdir / INTERRUPTED
+        marker.unlink(missing_ok=True)
         rc = _run_forwarding_signals(cmd, ctx.workdir / "train.log", env)
-        if rc == EXIT_REQUEUE:
-            raise StageInterrupted("training saved a checkpoint and stopped; rerun to resume")
+        # The ranks exit 0 after a save on request (srun would kill the others on a non-zero exit); the marker,
+        # written once the checkpoint is complete, tells a stop from the end, whatever status the launcher reports.
+        if marker.is_file():
+            raise StageInterrupted(f"training saved step {marker.read_text().strip()} and stopped on request "
+                                   f"(launcher status {rc}); rerun to resume")
         if rc != 0:
             tail = (ctx.workdir / "train.log").read_text(errors="replace").splitlines()[-15:]
             raise RuntimeError(f"training exited with status {rc}:\n" + "\n".join(tail))

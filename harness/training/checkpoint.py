@@ -82,53 +82,145 @@ def _start_writer_helpers() -> None:
     fsa._results_queue = _writer_manager.Queue()
 
 
-def save(root: Path, step: int, model, optimizer, scheduler, identity: dict, extra: dict, keep_last: int) -> Path:
-    from megatron.core import dist_checkpointing
+# The distributed optimizer's state as Megatron-LM saves it: one flat buffer shard per data-parallel rank, written
+# and read without communication. megatron-core 0.16.1 defaults to 'fully_sharded_model_space', whose
+# ShardedTensor(flattened_range=...) the same release refuses to save. This format resumes only at the same
+# data-parallel size, which is why the checkpoint identity records that size.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
-    _start_writer_helpers()
-    rank = dist.get_rank()
-    path = step_dir(root, step)
-    if rank == 0:
-        if path.exists():  # an unfinished attempt at the same step
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-    dist.barrier()
-    msd = model.module.sharded_state_dict()
-    dist_checkpointing.save({"model": msd, "optimizer": optimizer.sharded_state_dict(msd)}, str(path))
-    torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra},
-               path / f"common_rank{rank:05d}.pt")
-    dist.barrier()
-    if rank == 0:
-        (path / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
-        with open(path / DONE, "w") as f:
-            f.write(str(step))
-            f.flush()
-            os.fsync(f.fileno())
-        for old in completed(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-    return path
+
+class Checkpointer:
+    """Saves (synchronously, or in the background with megatron's async queue) and loads checkpoints. A checkpoint
+    is complete once its `done` marker exists; with async saves the marker is written when every rank's writer has
+    finished (`poll` at each step, `wait` before the run ends or stops)."""
+
+    def __init__(self, distributed_optimizer: bool, keep_last: int, asynchronous: bool = False):
+        self.metadata = OPTIMIZER_METADATA if distributed_optimizer else None
+        self.keep_last = keep_last
+        self.queue = None
+        if asynchronous:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self.queue = AsyncCallsQueue()
+
+    def _state(self, model, optimizer, is_loading: bool) -> dict:
+        msd = model.module.sharded_state_dict()
+        return {"model": msd, "optimizer": optimizer.sharded_state_dict(msd, is_loading=is_loading,
+                                                                        metadata=self.metadata)}
+
+    def save(self, root: Path, step: int, model, optimizer, scheduler, identity: dict, extra: dict) -> Path:
+        from megatron.core import dist_checkpointing
+
+        _start_writer_helpers()
+        self.wait()  # one save in flight at a time: the newest complete checkpoint is always on disk
+        rank = dist.get_rank()
+        path = step_dir(root, step)
+        if rank == 0:
+            if path.exists():  # an unfinished attempt at the same step
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+        dist.barrier()
+        request = dist_checkpointing.save(self._state(model, optimizer, False), str(path),
+                                          async_sharded_save=self.queue is not None)
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra},
+                   path / f"common_rank{rank:05d}.pt")
+
+        def complete() -> None:
+            dist.barrier()
+            if rank == 0:
+                (path / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
+                with open(path / DONE, "w") as f:
+                    f.write(str(step))
+                    f.flush()
+                    os.fsync(f.fileno())
+                for old in completed(root)[:-self.keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+            dist.barrier()
+
+        if request is None:
+            complete()
+        else:
+            request.add_finalize_fn(complete)
+            self.queue.schedule_async_request(request)
+        return path
+
+    def poll(self) -> None:
+        """Completes background saves that have finished on every rank (a collective: call it on all ranks)."""
+        if self.queue is not None:
+            self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        if self.queue is not None:
+            self.queue.maybe_finalize_async_calls(blocking=True)
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
+
+    def load(self, path: Path, model, optimizer, scheduler) -> dict:
+        from megatron.core import dist_checkpointing
+
+        if self.metadata:
+            _allocate_optimizer_state(optimizer)
+        state = dist_checkpointing.load(self._state(model, optimizer, True), str(path))
+        model.module.load_state_dict(state["model"])
+        with torch.no_grad():  # fp32 runs: the optimizer's shards are views of the parameters, which require grad
+            optimizer.load_state_dict(state["optimizer"])
+        rank = dist.get_rank()
+        common_file = path / f"common_rank{rank:05d}.pt"
+        if not common_file.is_file():  # more ranks than the checkpoint had: the step and schedule are the same
+            common_file = path / "common_rank00000.pt"
+        common = torch.load(common_file, weights_only=False)
+        if self.metadata:
+            _own_adam_steps(optimizer, common["step"])
+        scheduler.load_state_dict(common["scheduler"])
+        set_rng_state(common["rng"])
+        return common
+
+
+def _allocate_optimizer_state(optimizer) -> None:
+    """megatron's distributed optimizer reads Adam's step from the torch optimizer's state while it builds the
+    state dict to load into (with Apex or Transformer Engine it reads param_groups instead); a fresh optimizer has no
+    state, and the read fails. Allocate what a first step would (zero moments, step 0): the load overwrites it."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        if len(inner.state) == 0 and opt.init_state_fn is not None:
+            opt.init_state_fn(inner, opt.config)
+            for st in inner.state.values():
+                st.setdefault("step", torch.tensor(0.0))
+
+
+def _own_adam_steps(optimizer, iteration: int) -> None:
+    """megatron-core 0.16.1's distributed optimizer, without Apex or Transformer Engine (torch's Adam: CPUs, or GPU
+    nodes without TE), loads Adam's `step` as ONE tensor shared by every parameter's state (and the dp_reshardable
+    shards bring back 0 into it). torch's Adam increments each parameter's step in place, so the shared tensor
+    advances once per parameter per update and the bias correction is wrong from the first step after a resume.
+    Give every parameter its own step: the one its param group recorded (every update counts; we never skip one),
+    else the training iteration."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        for group in inner.param_groups:
+            value = float(group.get("step", iteration))
+            for p in group["params"]:
+                st = inner.state.get(p)
+                if st is not None and "step" in st:
+                    st["step"] = torch.tensor(value, dtype=torch.float32)
 
 
 def check_identity(path: Path, identity: dict) -> None:
     """Refuse a checkpoint written for another model or training config, naming the keys that differ."""
     saved = json.loads((path / "identity.json").read_text())
+    dp = "data_parallel_size"
+    if saved.get(dp) != identity.get(dp):
+        raise CheckpointMismatch(
+            f"checkpoint {path} holds the distributed optimizer's state in {saved.get(dp) or 'no'} data-parallel "
+            f"shards (dp_reshardable) and this run has {identity.get(dp) or 'no distributed optimizer'}: resume with "
+            f"the same number of training processes (nodes x profile.nproc_per_node = {saved.get(dp) or 1}) and "
+            f"train.distributed_optimizer as before, or delete {path.parent} to start the run afresh")
     diffs = [f"{k}: checkpoint {saved.get(k)!r} != run {identity.get(k)!r}"
              for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
     if diffs:
         raise CheckpointMismatch(f"checkpoint {path} is from another config: " + "; ".join(diffs))
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict:
-    from megatron.core import dist_checkpointing
-
-    rank = dist.get_rank()
-    msd = model.module.sharded_state_dict()
-    state = dist_checkpointing.load({"model": msd, "optimizer": optimizer.sharded_state_dict(msd, is_loading=True)},
-                                    str(path))
-    model.module.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    common = torch.load(path / f"common_rank{rank:05d}.pt", weights_only=False)
-    scheduler.load_state_dict(common["scheduler"])
-    set_rng_state(common["rng"])
-    return common

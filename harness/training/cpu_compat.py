@@ -8,11 +8,14 @@ torch globally, each affected megatron module gets its own view of `torch` in wh
   - `torch.cuda.current_device()` is the CPU, `synchronize` / `empty_cache` do nothing,
   - `torch.cuda` RNG calls use the CPU generator;
 the RNG tracker's state get/set use the CPU generator, and gradient clipping scales the CPU gradients itself
-(the same multiplication megatron's fallback kernel does, without its CUDA type assertion).
+(the same multiplication megatron's fallback kernel does, without its CUDA type assertion). The optimizers that sort
+parameters by their `Tensor.type()` string ('torch.cuda.FloatTensor', ...: the distributed optimizer, and the
+mixed-precision one used for bf16) are built while CPU parameters report the CUDA name of their dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import types
@@ -33,6 +36,7 @@ MODULES = (
     "megatron.core.distributed.finalize_model_grads",
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.distrib_optimizer",
     "megatron.core.optimizer.clip_grads",
     "megatron.core.utils",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
@@ -123,6 +127,41 @@ def _clip_grad_by_total_norm_fp32_cpu(parameters, max_norm, total_norm, use_deco
             g.copy_(g * clip_coeff)  # what megatron's local multi_tensor_scale does
 
 
+@contextlib.contextmanager
+def _parameters_report_cuda_types():
+    """While megatron's optimizers sort parameters by `param.type()` ('torch.cuda.FloatTensor' / 'HalfTensor' /
+    'BFloat16Tensor', else TypeError), a CPU parameter answers with the CUDA name of its dtype. Scoped to the
+    optimizer's construction; `type(dtype)` conversions are untouched."""
+    param_cls = torch.nn.Parameter
+
+    def cuda_type_name(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None and not kwargs and self.device.type == "cpu":
+            return torch.Tensor.type(self).replace("torch.", "torch.cuda.", 1)
+        return torch.Tensor.type(self, dtype, non_blocking, **kwargs)
+
+    had = "type" in param_cls.__dict__
+    previous = param_cls.__dict__.get("type")
+    param_cls.type = cuda_type_name
+    try:
+        yield
+    finally:
+        if had:
+            param_cls.type = previous
+        else:
+            del param_cls.type
+
+
+def _built_with_cuda_type_names(cls) -> None:
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        with _parameters_report_cuda_types():
+            init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
 _applied = False
 
 
@@ -141,4 +180,9 @@ def apply() -> None:
     rnd._set_cuda_rng_state = _set_rng_state_cpu
     for name in ("megatron.core.optimizer.optimizer", "megatron.core.optimizer.clip_grads"):
         importlib.import_module(name).clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32_cpu
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    from megatron.core.optimizer.optimizer import Float16OptimizerWithFloat16Params
+
+    for cls in (DistributedOptimizer, Float16OptimizerWithFloat16Params):
+        _built_with_cuda_type_names(cls)
     _applied = True

@@ -3,12 +3,16 @@
 One process per rank (torchrun or srun set RANK/WORLD_SIZE; a lone process uses a file store). Data comes from the
 arm's blend, built from the blend stage's cached indices, so that sample i is the same sample in every run and
 after every resume: step t of a run reads global samples [t*gbs, (t+1)*gbs), each data-parallel rank its slice.
-SIGTERM or SIGUSR1 makes every rank agree (all-reduce) to stop after the current step, save, and exit with
-EXIT_REQUEUE, which executors read as "requeue me".
+SIGTERM or SIGUSR1 makes every rank agree (all-reduce) to stop after the current step and save; rank 0 then writes
+the INTERRUPTED marker and every rank exits 0 - a non-zero exit would make `srun --kill-on-bad-exit` kill the other
+ranks mid-exit and report their signal instead - and the train stage reads the marker as "requeue me".
+
+Every collective the loop issues itself goes through harness.training.collectives, on the training device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,9 +25,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.stages import EXIT_REQUEUE
+from harness.stages import INTERRUPTED
 from harness.training import checkpoint as ckpt
+from harness.training import collectives as coll
 from harness.training import model as mdl
+from harness.training.config import RUNTIME_KEYS
 
 
 class Interrupt:
@@ -35,17 +41,24 @@ class Interrupt:
     def _handler(self, signum, frame):
         self.requested = True
 
-    def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def agreed(self, device: torch.device) -> bool:
+        return coll.any_rank(self.requested, device)
+
+
+def local_device_index(local_rank: int, visible: int) -> int:
+    """The GPU of a rank among those its process sees: the local rank when every task sees the node's GPUs
+    (torchrun, srun's default), modulo the count when Slurm gives each task its own (--gpus-per-task=1,
+    --gpu-bind=single:1: every rank sees one device, index 0)."""
+    if visible < 1:
+        raise RuntimeError("CUDA is available but no device is visible to this rank (CUDA_VISIBLE_DEVICES)")
+    return local_rank % visible
 
 
 def init_distributed(workdir: Path, on_cpu: bool) -> tuple[int, int]:
     backend = "gloo" if on_cpu else "nccl"
     if "RANK" in os.environ:  # torchrun / srun with rendezvous variables
         if not on_cpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(local_device_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
         dist.init_process_group(backend)
     else:
         store_path = workdir / ".pg-store"
@@ -84,14 +97,19 @@ class Trainer:
         self.spec = spec
         self.workdir = Path(spec["workdir"])
         self.on_cpu = not torch.cuda.is_available()
+        tr = spec["train"]
+        if self.on_cpu and tr.get("precision") == "bf16":
+            raise ValueError("train.precision bf16 needs GPUs (megatron's mixed-precision optimizer keeps CUDA "
+                             "buffers); use fp32 on a CPU")
         self.rank, self.world = init_distributed(self.workdir, self.on_cpu)
         self.device = torch.device("cpu") if self.on_cpu else torch.device("cuda", torch.cuda.current_device())
-        tr = spec["train"]
         self.gbs, self.mbs = tr["global_batch_size"], tr["micro_batch_size"]
         if self.gbs % (self.mbs * self.world):
             raise ValueError(f"train.global_batch_size {self.gbs} is not a multiple of micro_batch_size {self.mbs} "
                              f"x {self.world} data-parallel processes")
         self.n_micro = self.gbs // (self.mbs * self.world)
+        # the distributed optimizer shards its state over data-parallel ranks: with one rank there is nothing to shard
+        self.distopt = bool(tr.get("distributed_optimizer")) and self.world > 1
         if self.on_cpu:
             from harness.training import cpu_compat
 
@@ -112,19 +130,22 @@ class Trainer:
         np.random.seed(seed)
         model_parallel_cuda_manual_seed(seed)
         self.shape = mdl.ModelShape(**spec["model"])
-        model, config = mdl.build(self.shape, tr["precision"], self.on_cpu)
+        model, config = mdl.build(self.shape, tr["precision"], self.on_cpu, recompute=tr.get("recompute", "none"),
+                                  recompute_num_layers=tr.get("recompute_num_layers", 1))
         if not self.on_cpu:
             model.cuda(torch.cuda.current_device())
-        distopt = bool(tr.get("distributed_optimizer")) and self.world > 1
+        overlap_gather = bool(tr.get("overlap_param_gather")) and self.distopt
         self.model = DistributedDataParallel(
-            config, DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                  use_distributed_optimizer=distopt), model)
+            config, DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                                  overlap_grad_reduce=bool(tr.get("overlap_grad_reduce")),
+                                                  overlap_param_gather=overlap_gather,
+                                                  use_distributed_optimizer=self.distopt), model)
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(optimizer="adam", lr=tr["lr"], min_lr=tr["min_lr"], weight_decay=tr["weight_decay"],
                             adam_beta1=tr["adam_beta1"], adam_beta2=tr["adam_beta2"], adam_eps=1e-8,
                             clip_grad=tr["clip_grad"], bf16=tr["precision"] == "bf16",
                             params_dtype=torch.bfloat16 if tr["precision"] == "bf16" else torch.float32,
-                            use_distributed_optimizer=distopt), [self.model])
+                            use_distributed_optimizer=self.distopt), [self.model])
         # What Megatron-LM's training loop wires into the schedule: without finalize_model_grads the data-parallel
         # gradient all-reduce never happens and every rank trains on its own gradients.
         from megatron.core.distributed import finalize_model_grads
@@ -184,10 +205,22 @@ class Trainer:
             forward_only=False)
         ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
-        loss = torch.stack([x["lm loss"] for x in losses]).mean().reshape(1)
-        dist.all_reduce(loss)
-        return {"loss": float(loss.item() / self.world), "grad_norm": float(grad_norm or 0.0),
+        loss = coll.mean_all(torch.stack([x["lm loss"] for x in losses]).mean())
+        return {"loss": loss, "grad_norm": float(grad_norm or 0.0),
                 "lr": float(self.optimizer.param_groups[0]["lr"]), "skipped": not ok}
+
+    @contextlib.contextmanager
+    def _synced_params(self):
+        """With overlap_param_gather the parameters are all-gathered lazily by the next forward's hooks; before
+        validation or a checkpoint they must be whole (what Megatron-LM does around both)."""
+        hooked = self.model.use_forward_hook
+        if hooked:
+            self.model.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
+            if hooked:
+                self.model.enable_forward_pre_hook()
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -195,31 +228,34 @@ class Trainer:
 
         self.model.eval()
         out = {}
-        for name, ds in self.valid.items():
-            idx = list(range(self.rank, len(ds), self.world))
-            total, count = torch.zeros(1), torch.zeros(1)
-            for i in range(0, len(idx), self.mbs):
-                chunk = idx[i:i + self.mbs]
-                batch = _to_device(_collate([ds[j] for j in chunk]), self.device)
-                losses = get_forward_backward_func()(
-                    forward_step_func=_forward_step, data_iterator=iter([batch]), model=[self.model],
-                    num_microbatches=1, seq_length=self.shape.seq_length, micro_batch_size=len(chunk),
-                    forward_only=True)
-                total += float(losses[0]["lm loss"]) * len(chunk)
-                count += len(chunk)
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-            out[f"valid/{name}"] = float(total.item() / max(1.0, count.item()))
+        with self._synced_params():
+            for name, ds in self.valid.items():
+                idx = list(range(self.rank, len(ds), self.world))
+                total, count = 0.0, 0
+                for i in range(0, len(idx), self.mbs):
+                    chunk = idx[i:i + self.mbs]
+                    batch = _to_device(_collate([ds[j] for j in chunk]), self.device)
+                    losses = get_forward_backward_func()(
+                        forward_step_func=_forward_step, data_iterator=iter([batch]), model=[self.model],
+                        num_microbatches=1, seq_length=self.shape.seq_length, micro_batch_size=len(chunk),
+                        forward_only=True)
+                    total += float(losses[0]["lm loss"]) * len(chunk)
+                    count += len(chunk)
+                total, count = coll.sum_all([total, count], self.device)
+                out[f"valid/{name}"] = total / max(1.0, count)
         self.model.train()
         return out
 
     def identity(self) -> dict:
-        """What a checkpoint must agree with to be resumed by this run."""
-        return {"model": self.spec["model"], "train": {k: v for k, v in self.spec["train"].items()
-                                                       if k not in ("save_interval", "keep_last", "log_interval",
-                                                                    "eval_interval")},
-                "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}, "seed": self.spec["seed"],
-                "steps": self.steps}
+        """What a checkpoint must agree with to be resumed by this run. The distributed optimizer's checkpoints
+        (dp_reshardable) hold one shard per data-parallel rank: they resume only at the same data-parallel size."""
+        ident = {"model": self.spec["model"], "train": {k: v for k, v in self.spec["train"].items()
+                                                        if k not in RUNTIME_KEYS and k != "eval_interval"},
+                 "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}, "seed": self.spec["seed"],
+                 "steps": self.steps}
+        if self.distopt:
+            ident["data_parallel_size"] = self.world
+        return ident
 
     def _log(self, record: dict) -> None:
         if self.rank == 0:
@@ -228,16 +264,23 @@ class Trainer:
             if self.wandb is not None:
                 self.wandb.log(record, step=record["step"])
 
+    def _save(self, root: Path, step: int, tokens_by_source: np.ndarray) -> None:
+        with self._synced_params():
+            self.checkpoints.save(root, step, self.model, self.optimizer, self.scheduler, self.identity(),
+                                  {"tokens_by_source": tokens_by_source.tolist()})
+
     # ---------------------------------------------------------------------------------------------- run
     def run(self) -> int:
         tr = self.spec["train"]
         ckpt_root = self.workdir / "checkpoints"
+        self.checkpoints = ckpt.Checkpointer(distributed_optimizer=self.distopt, keep_last=tr["keep_last"],
+                                             asynchronous=bool(tr.get("async_save")))
         start = 0
         tokens_by_source = np.zeros(len(self.source_names), dtype=np.int64)
         last = ckpt.latest(ckpt_root)
         if last is not None:
             ckpt.check_identity(last, self.identity())
-            common = ckpt.load(last, self.model, self.optimizer, self.scheduler)
+            common = self.checkpoints.load(last, self.model, self.optimizer, self.scheduler)
             start = common["step"]
             tokens_by_source = np.asarray(common["extra"]["tokens_by_source"], dtype=np.int64)
             self._say(f"resumed from {last} at step {start}")
@@ -247,34 +290,44 @@ class Trainer:
         self.wandb = self._init_wandb() if self.rank == 0 else None
         interrupt = Interrupt()
         seq = self.shape.seq_length
-        t_window, tokens_window = time.perf_counter(), 0
-        for step in range(start, self.steps):
-            rec = self.train_step(step)
-            ids = self.sample_source[step * self.gbs:(step + 1) * self.gbs]
-            tokens_by_source += np.bincount(ids, minlength=len(self.source_names)) * seq
-            tokens_window += self.gbs * seq
-            done = step + 1
-            rec.update(step=done, tokens=int(done * self.gbs * seq),
-                       **{f"tokens/{n}": int(tokens_by_source[i]) for i, n in enumerate(self.source_names)})
-            if done % tr["log_interval"] == 0 or done == self.steps:
-                dt = time.perf_counter() - t_window
-                rec["tokens_per_s"] = tokens_window / dt
-                if not self.on_cpu:
-                    rec["mfu"] = (rec["tokens_per_s"] * self.shape.flops_per_token()
-                                  / (self.world * self.spec["peak_flops_per_device"]))
-                t_window, tokens_window = time.perf_counter(), 0
-                self._say(f"step {done}/{self.steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
-                          f"grad-norm {rec['grad_norm']:.3f} {rec['tokens_per_s']:,.0f} tokens/s")
-            if done % tr["eval_interval"] == 0 or done == self.steps:
-                rec.update(self.evaluate())
-            self._log(rec)
-            stop = interrupt.agreed()
-            if done % tr["save_interval"] == 0 or done == self.steps or stop:
-                ckpt.save(ckpt_root, done, self.model, self.optimizer, self.scheduler, self.identity(),
-                          {"tokens_by_source": tokens_by_source.tolist()}, tr["keep_last"])
-            if stop and done < self.steps:
-                self._say(f"interrupted: saved step {done}; rerun to resume")
-                return EXIT_REQUEUE
+        flops_per_token = self.shape.flops_per_token()
+        step_seconds, tokens_window = 0.0, 0  # training steps only: validation and checkpoints are not throughput
+        try:
+            for step in range(start, self.steps):
+                t_step = time.perf_counter()
+                rec = self.train_step(step)  # its loss is read on the host: the step's device work is done
+                step_seconds += time.perf_counter() - t_step
+                ids = self.sample_source[step * self.gbs:(step + 1) * self.gbs]
+                tokens_by_source += np.bincount(ids, minlength=len(self.source_names)) * seq
+                tokens_window += self.gbs * seq
+                done = step + 1
+                rec.update(step=done, tokens=int(done * self.gbs * seq),
+                           **{f"tokens/{n}": int(tokens_by_source[i]) for i, n in enumerate(self.source_names)})
+                if done % tr["log_interval"] == 0 or done == self.steps:
+                    rec["tokens_per_s"] = tokens_window / step_seconds
+                    if not self.on_cpu:
+                        rec["mfu"] = (rec["tokens_per_s"] * flops_per_token
+                                      / (self.world * self.spec["peak_flops_per_device"]))
+                    step_seconds, tokens_window = 0.0, 0
+                    self._say(f"step {done}/{self.steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
+                              f"grad-norm {rec['grad_norm']:.3f} {rec['tokens_per_s']:,.0f} tokens/s"
+                              + (f" MFU {rec['mfu']:.1%}" if "mfu" in rec else ""))
+                if done % tr["eval_interval"] == 0 or done == self.steps:
+                    rec.update(self.evaluate())
+                self._log(rec)
+                stop = interrupt.agreed(self.device)
+                if done % tr["save_interval"] == 0 or done == self.steps or stop:
+                    self._save(ckpt_root, done, tokens_by_source)
+                self.checkpoints.poll()  # publishes finished background saves
+                if stop and done < self.steps:
+                    self.checkpoints.wait()
+                    if self.rank == 0:
+                        (self.workdir / INTERRUPTED).write_text(str(done))
+                    self._say(f"interrupted: saved step {done}; rerun to resume")
+                    return 0
+            self.checkpoints.wait()
+        finally:
+            self.checkpoints.close()
         nodes: list = [None] * self.world  # where the ranks ran (Slurm's node names under srun)
         dist.all_gather_object(nodes, os.environ.get("SLURMD_NODENAME") or socket.gethostname())
         if self.rank == 0:
@@ -283,7 +336,7 @@ class Trainer:
                       "tokens": int(self.steps * self.gbs * seq),
                       "tokens_by_source": {n: int(tokens_by_source[i]) for i, n in enumerate(self.source_names)},
                       "parameters": self.shape.parameters(), "world_size": self.world,
-                      "nodes": sorted(set(nodes))}
+                      "flops_per_token": flops_per_token, "nodes": sorted(set(nodes))}
             last_rec = [json.loads(l) for l in self.log_path.read_text().splitlines()][-1]
             result.update({k: v for k, v in last_rec.items() if k == "loss" or k.startswith("valid/")})
             (self.workdir / "result.json").write_text(json.dumps(result, indent=2))
@@ -293,16 +346,13 @@ class Trainer:
         return 0
 
     def _init_wandb(self):
-        w = self.spec.get("wandb") or {}
-        if w.get("mode", "disabled") == "disabled":
-            return None
-        import wandb
+        from harness import tracking
 
-        return wandb.init(project=w.get("project", "task-seeded"), group=self.spec["experiment"],
-                          name=self.spec["run_name"], job_type="train", mode=w["mode"], dir=str(self.workdir),
-                          config={"model": self.spec["model"], "train": self.spec["train"],
-                                  "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}},
-                          reinit="finish_previous")
+        return tracking.init_run(self.spec.get("wandb"), self.workdir, group=self.spec["experiment"],
+                                 name=self.spec["run_name"], job_type="train",
+                                 config={"model": self.spec["model"], "train": self.spec["train"],
+                                         "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}},
+                                 say=self._say)
 
     def _say(self, msg: str) -> None:
         if self.rank == 0:

@@ -36,9 +36,20 @@ class ModelShape:
         per_layer = h * (h + 2 * kv) + h * h + 3 * h * f + 2 * h
         return L * per_layer + 2 * v * h + h
 
+    def matmul_parameters(self) -> int:
+        """Weights that take part in a matrix multiplication: every linear layer and the output layer; not the
+        input embedding (a lookup) nor the norms (element-wise)."""
+        h, f, v, L = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers
+        q, kv = self.num_attention_heads * self.head_dim, self.num_query_groups * self.head_dim
+        return L * (h * (q + 2 * kv) + q * h + 3 * h * f) + v * h
+
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward), with attention: 6N + 12 L h s."""
-        return 6 * self.parameters() + 12 * self.num_layers * self.hidden_size * self.seq_length
+        """Model FLOPs of one trained token (forward + backward = 3 x forward, 2 FLOPs per multiply-add):
+        6 x the matmul weights, plus causal self-attention's scores and weighted sum, 2 x 2 x s x d_q per layer
+        forward over the full square, half of it under the causal mask: 6 L s d_q in all. This is Megatron-LM's
+        formula (num_floating_point_operations) with the attention term halved for the causal mask."""
+        q = self.num_attention_heads * self.head_dim
+        return 6 * self.matmul_parameters() + 6 * self.num_layers * self.seq_length * q
 
 
 def padded_vocab(vocab_size: int, multiple: int) -> int:
@@ -62,7 +73,20 @@ def shape_from(model_cfg: dict, tokenizer_vocab: int, seq_length: int, vocab_mul
                       float(model_cfg.get("init_method_std") or 0.02))
 
 
-def transformer_config(shape: ModelShape, precision: str, on_cpu: bool):
+def recompute_settings(recompute: str, num_layers: int) -> dict:
+    """megatron's activation recomputation: selective recomputes core attention (its activations grow with the
+    sequence squared), full recomputes whole layers, `num_layers` at a time (the uniform method)."""
+    if recompute == "none":
+        return {}
+    if recompute == "selective":
+        return {"recompute_granularity": "selective"}
+    if recompute == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": num_layers}
+    raise ValueError(f"unknown train.recompute '{recompute}' (none, selective, full)")
+
+
+def transformer_config(shape: ModelShape, precision: str, on_cpu: bool, recompute: str = "none",
+                       recompute_num_layers: int = 1):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     cpu = dict(use_cpu_initialization=True, gradient_accumulation_fusion=False, bias_activation_fusion=False,
@@ -74,7 +98,8 @@ def transformer_config(shape: ModelShape, precision: str, on_cpu: bool):
         activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
         init_method_std=shape.init_method_std, bf16=precision == "bf16",
         params_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-        pipeline_dtype=torch.bfloat16 if precision == "bf16" else torch.float32, **cpu)
+        pipeline_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+        **recompute_settings(recompute, recompute_num_layers), **cpu)
 
 
 def layer_spec(use_te: bool):
@@ -99,10 +124,11 @@ def te_available() -> bool:
         return False
 
 
-def build(shape: ModelShape, precision: str = "fp32", on_cpu: bool = True):
+def build(shape: ModelShape, precision: str = "fp32", on_cpu: bool = True, recompute: str = "none",
+          recompute_num_layers: int = 1):
     from megatron.core.models.gpt import GPTModel
 
-    config = transformer_config(shape, precision, on_cpu)
+    config = transformer_config(shape, precision, on_cpu, recompute, recompute_num_layers)
     model = GPTModel(config=config, transformer_layer_spec=layer_spec(not on_cpu and te_available()),
                      vocab_size=shape.vocab_size, max_sequence_length=shape.seq_length, pre_process=True,
                      post_process=True, share_embeddings_and_output_weights=False, position_embedding_type="rope",

@@ -1,0 +1,91 @@
+"""The recipe's `train:` and `wandb:` sections: typed, with their checks (harness/recipe.py composes them)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SCHEDULES = ("cosine", "wsd", "linear", "constant")
+RECOMPUTE = ("none", "selective", "full")
+# How a run is carried out, not what it computes: kept out of the stage digest (changing them re-runs nothing) and
+# out of the checkpoint identity (a resume may change them).
+RUNTIME_KEYS = ("save_interval", "keep_last", "log_interval", "overlap_grad_reduce", "overlap_param_gather",
+                "recompute", "recompute_num_layers", "async_save")
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 8
+    global_batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"  # cosine | wsd | linear | constant
+    wsd_decay_fraction: float = 0.2  # for wsd: the share of steps spent decaying
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16
+    distributed_optimizer: bool = False  # optimizer state sharded over data-parallel ranks (megatron's ZeRO-1)
+    eval_interval: int = 50  # steps between validation losses
+    eval_samples: int = 64  # validation samples per source (its valid split)
+    save_interval: int = 100  # steps between checkpoints (and always at the end)
+    keep_last: int = 2
+    log_interval: int = 10
+    # throughput settings (megatron's own; same numbers, different speed)
+    overlap_grad_reduce: bool = False  # gradient reduction overlapped with the backward pass
+    overlap_param_gather: bool = False  # distributed optimizer: parameter all-gather overlapped with the forward
+    recompute: str = "none"  # activation recomputation: none | selective (core attention) | full (whole layers)
+    recompute_num_layers: int = 1  # full: layers per recomputed chunk (megatron's uniform method)
+    async_save: bool = False  # checkpoints written in the background while training goes on
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # disabled | offline | online (falls back to offline files when W&B cannot be reached)
+    project: str = "task-seeded"
+    init_timeout: float = 60.0  # seconds an online run may take to reach W&B before it falls back to offline
+
+
+def _bad_number(x: Any) -> bool:
+    return not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x) or math.isinf(x)
+
+
+def validate_train(t: TrainConfig, bad: Callable[[str, str], None]) -> None:
+    if t.precision not in ("fp32", "bf16"):
+        bad("train.precision", f"unknown precision '{t.precision}' (fp32, bf16)")
+    if t.schedule not in SCHEDULES:
+        bad("train.schedule", f"unknown schedule '{t.schedule}' ({', '.join(SCHEDULES)})")
+    if t.micro_batch_size < 1 or t.global_batch_size % max(1, t.micro_batch_size):
+        bad("train.global_batch_size", f"{t.global_batch_size} is not a multiple of train.micro_batch_size "
+                                       f"{t.micro_batch_size}")
+    for key in ("lr", "min_lr", "weight_decay", "clip_grad"):
+        v = getattr(t, key)
+        if _bad_number(v) or v < 0:
+            bad(f"train.{key}", f"must be a number >= 0, got {v}")
+    if not 0 <= t.warmup_fraction < 1:
+        bad("train.warmup_fraction", f"must be in [0, 1), got {t.warmup_fraction}")
+    for key in ("eval_interval", "save_interval", "keep_last", "log_interval", "eval_samples",
+                "recompute_num_layers"):
+        if getattr(t, key) < 1:
+            bad(f"train.{key}", "must be at least 1")
+    if t.recompute not in RECOMPUTE:
+        bad("train.recompute", f"unknown recomputation '{t.recompute}' ({', '.join(RECOMPUTE)})")
+    if t.overlap_param_gather and not (t.distributed_optimizer and t.overlap_grad_reduce):
+        bad("train.overlap_param_gather", "needs train.distributed_optimizer and train.overlap_grad_reduce "
+                                          "(megatron overlaps the all-gather of the optimizer's shards)")
+
+
+def validate_train_for_model(t: TrainConfig, num_layers: int, bad: Callable[[str, str], None]) -> None:
+    if t.recompute == "full" and num_layers % t.recompute_num_layers:
+        bad("train.recompute_num_layers", f"{t.recompute_num_layers} does not divide the model's {num_layers} "
+                                          f"layers")
+
+
+def validate_wandb(w: WandbConfig, bad: Callable[[str, str], None]) -> None:
+    if w.mode not in ("disabled", "offline", "online"):
+        bad("wandb.mode", f"unknown mode '{w.mode}' (disabled, offline, online)")
+    if _bad_number(w.init_timeout) or w.init_timeout <= 0:
+        bad("wandb.init_timeout", f"must be a positive number of seconds, got {w.init_timeout}")

@@ -145,12 +145,16 @@ def _task_of(store: Path, stage: str, experiment: str = "toy") -> str:
 
 
 def test_interrupted_training_requeues_and_resumes_to_the_same_losses(toy, cluster):
-    """Interrupted twice: by the time-limit signal (the job saves and requeues itself) and by a preempting job in
-    the `urgent` partition (Slurm requeues it); the resumed run's losses equal the uninterrupted run's."""
+    """A training job of two tasks on two nodes, interrupted twice: by the time-limit signal (the job saves and
+    requeues itself) and by a preempting job in the `urgent` partition (Slurm requeues it); the resumed run's losses
+    equal the uninterrupted run's."""
     tmp, path, conf, *_ = toy
     store = tmp / "runs"
     stage = "train/base/seed1"
-    longer = ["experiment=long", "data.tokens=102400", "train.save_interval=4", "train.log_interval=1"]  # 100 steps
+    # 100 steps on two tasks (one per node, srun --kill-on-bad-exit): a rank that stopped with a non-zero status
+    # would make srun kill the other mid-exit, and the job would fail instead of requeueing
+    longer = ["experiment=long", "data.tokens=102400", "train.save_interval=4", "train.log_interval=1",
+              "profile.slurm.resources.train.nodes=2"]
     harness("submit", path, conf, *longer, "--only", stage)
     assert harness("status", "long", "--store", store, "--wait", 600, check=False).returncode == 0
     plan = Plan.load(store / "long" / "plan.json")
@@ -188,6 +192,7 @@ def test_interrupted_training_requeues_and_resumes_to_the_same_losses(toy, clust
     assert "interrupted: saved step" in (plan.store.stage_dir(spec.kind, spec.digest) / "train.log").read_text()
     resumed = _metrics(plan.dir(spec) / "metrics.jsonl")
     assert [m["step"] for m in resumed] == list(range(1, 101)), rows
+    assert json.loads((plan.dir(spec) / "result.json").read_text())["world_size"] == 2
     for a, b in zip(reference, resumed):
         assert abs(a["loss"] - b["loss"]) <= 1e-6, (a, b)
 

@@ -391,7 +391,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
         g.templates = str((base / g.templates).resolve())
     # a relative model folder is relative to the recipe; a hub name (`org/name`) is not a path
     if g.model.startswith(("./", "../", "~")) or (not os.path.isabs(g.model) and (base / g.model).exists()):
-        g.model = str((base / os.path.expanduser(g.model)).resolve())
+        g.model = os.path.abspath(base / os.path.expanduser(g.model))
     tok = recipe.tokenizer
     if tok.path and not os.path.isabs(tok.path):
         tok.path = str((base / tok.path).resolve())

@@ -3,7 +3,7 @@ files of the run store's `_cache/requests/` folder - one per generation stage (e
 so that 64 GPU jobs never queue for one database lock. A rerun - after a crash, a kill, or with more samples - asks
 the server only for what no file has answered: a stage reads its own file first, then the others (a sharded run
 finds what an unsharded run answered, and the other way round; the shards of the same split are skipped, their
-seeds are never ours).
+seeds are never ours; other sets' files are not read).
 
 Answers are written by a thread of their own, committed every fraction of a second (or every few hundred
 answers), so the asyncio loop that collects them never waits for the disk; a SIGKILL loses at most the last
@@ -28,6 +28,7 @@ from harness.generation.backends import Completion, Request
 
 COLUMNS = "h TEXT PRIMARY KEY, text TEXT, prompt_tokens INT, completion_tokens INT, finish TEXT, created REAL"
 LOOKUP = 500  # hashes per SELECT ... IN (...)
+_FLUSH = object()  # queued by flush(): commit what came before it now
 
 
 def request_hash(model_id: str, r: Request) -> str:
@@ -58,6 +59,12 @@ def filesystem_type(path: Path) -> str:
 
 
 _SHARD = re.compile(r"^(?P<set>.+)\.shard(?P<i>\d+)of(?P<n>\d+)\.sqlite$")
+
+
+def set_of(name: str) -> str:
+    """The synthetic set a cache file belongs to: `tsqa.shard3of32.sqlite` -> `tsqa`."""
+    m = _SHARD.match(name)
+    return m["set"] if m else name.removesuffix(".sqlite")
 
 
 def disjoint(mine: str, other: str) -> bool:
@@ -96,11 +103,14 @@ class RequestCache:
     @classmethod
     def for_stage(cls, folder: Path, name: str, model_id: str, legacy: Path | None = None,
                   journal: str | None = None) -> "RequestCache":
-        """The stage's own file `<folder>/<name>.sqlite`, reading also every other file there (and a store's
-        single cache file of earlier versions, `legacy`), except the disjoint shards of the same split."""
+        """The stage's own file `<folder>/<name>.sqlite`, reading also the other files of the same set (another
+        split, an unsharded run, another experiment's set of that name) and a store's single cache file of
+        earlier versions (`legacy`), except the disjoint shards of the same split. Other sets' files are not
+        read: their prompts differ, and 64 shards opening 64 files each would cost more than it finds."""
         folder = Path(folder)
         own = folder / f"{name}.sqlite"
-        others = sorted(p for p in folder.glob("*.sqlite") if p != own and not disjoint(own.name, p.name))
+        others = sorted(p for p in folder.glob("*.sqlite") if p != own and set_of(p.name) == set_of(own.name)
+                        and not disjoint(own.name, p.name))
         if legacy is not None and Path(legacy).is_file():
             others.append(Path(legacy))
         return cls(own, model_id, journal, others)
@@ -164,7 +174,9 @@ class RequestCache:
         self._queue.put(row)
 
     def flush(self) -> None:
-        """Returns once every answer handed over so far is committed."""
+        """Returns once every answer handed over so far is committed (the writer commits at once, not at the end
+        of its window)."""
+        self._queue.put(_FLUSH)
         self._queue.join()
         if self._error is not None:
             raise RuntimeError(f"request cache {self.path}: writing failed: {self._error}") from self._error
@@ -173,18 +185,21 @@ class RequestCache:
         db = None
         while True:
             row = self._queue.get()
-            if row is None:
+            if row is None or row is _FLUSH:
                 self._queue.task_done()
-                break
+                if row is None:
+                    break
+                continue
             rows, deadline = [row], time.monotonic() + self.window
-            stop = False
+            stop = markers = 0
             while len(rows) < self.batch:  # gather a window's worth, then one transaction
                 try:
                     nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if nxt is None:
-                    stop = True
+                if nxt is None or nxt is _FLUSH:
+                    markers += 1
+                    stop = nxt is None
                     break
                 rows.append(nxt)
             try:
@@ -199,7 +214,7 @@ class RequestCache:
             except BaseException as e:  # reported to the stage on its next put/flush/close
                 self._error = e
             finally:
-                for _ in range(len(rows) + stop):
+                for _ in range(len(rows) + markers):
                     self._queue.task_done()
             if stop:
                 break

@@ -34,8 +34,8 @@ def resolve(model: str) -> str:
     """A catalogue name -> its prepared folder; a path -> itself (absolute); anything else is a hub or server name."""
     if model in CATALOGUE:
         return str(MODELS / model)
-    if looks_like_path(model):
-        return str(Path(model).expanduser().resolve())
+    if looks_like_path(model):  # absolute, symlinks kept: a server pinned to this path is asked by the same name
+        return os.path.abspath(os.path.expanduser(model))
     return model
 
 

@@ -33,20 +33,41 @@ def _die_with_parent() -> None:
         pass
 
 
+def _transformers_argv(exe: str, model: str, port: int, extra: list[str]) -> list[str]:
+    return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--continuous-batching",
+            "--device", "cpu", "--dtype", "float32", *extra]
+
+
+def _vllm_argv(exe: str, model: str, port: int, extra: list[str]) -> list[str]:
+    # the served name is the recipe's model, so the client's `model` field matches whatever path was loaded
+    return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra]
+
+
+# kind -> (executable, the message when it is missing, argv builder)
+SERVERS = {
+    "transformers": ("transformers", "`transformers serve` is not installed (pip install "
+                     "'transformers[serving]')", _transformers_argv),
+    "vllm": ("vllm", "`vllm serve` is not installed: managed vllm servers need a GPU node with the gpu extra "
+             "(pip install '.[gpu]')", _vllm_argv),
+}
+
+
+def argv(kind: str, exe: str, model: str, port: int, extra: list[str]) -> list[str]:
+    """The server's command line with `exe` as its program (testable without the program installed)."""
+    if kind not in SERVERS:
+        raise GenerationError(f"unknown server kind '{kind}' ({', '.join(SERVERS)})")
+    return SERVERS[kind][2](exe, model, port, extra)
+
+
 def _command(kind: str, model: str, port: int, extra: list[str]) -> list[str]:
-    if kind == "transformers":
-        exe = shutil.which("transformers", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-        if exe is None:
-            raise GenerationError("`transformers serve` is not installed (pip install 'transformers[serving]')")
-        return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--continuous-batching",
-                "--device", "cpu", "--dtype", "float32", *extra]
-    if kind == "vllm":
-        exe = shutil.which("vllm")
-        if exe is None:
-            raise GenerationError("`vllm serve` is not installed: managed vllm servers need a GPU node with the gpu "
-                                  "extra (pip install '.[gpu]')")
-        return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra]
-    raise GenerationError(f"unknown server kind '{kind}' (transformers, vllm)")
+    if kind not in SERVERS:
+        raise GenerationError(f"unknown server kind '{kind}' ({', '.join(SERVERS)})")
+    name, missing, _ = SERVERS[kind]
+    # the venv's bin folder first: a stage run by a venv's python without the venv activated
+    exe = shutil.which(name, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        raise GenerationError(missing)
+    return argv(kind, exe, model, port, extra)
 
 
 def user_hub_cache(env: dict) -> Path | None:

@@ -183,6 +183,7 @@ def test_passage_stage_sized_to_the_grounded_requests(tmp_path, suite_store, cli
     pf = PassageFile(plan.dir(plan.by_id("passages/uqa")))
     rows = list(pf)
     assert len(pf) == len(rows) == 7 and pf.get_many([5, 2]) == {5: rows[5], 2: rows[2]}
+    assert list(pf.where(lambda pid: pid in (rows[4]["passage_id"], rows[1]["passage_id"]))) == [rows[1], rows[4]]
     assert len({p["passage_id"] for p in rows}) == 7 and all(len(p["text"].split()) >= 80 for p in rows)
 
 

@@ -12,7 +12,7 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -70,14 +70,16 @@ def needed(kind: str, configured: int | None, n_seeds: int, samples: int, contex
 
 
 def write(lines: list[bytes], folder: Path) -> int:
-    """passages.jsonl and offsets.npy (uint64 line starts, plus the file's end)."""
+    """passages.jsonl, offsets.npy (uint64 line starts, plus the file's end) and ids.txt (the passage ids, one a
+    line: what a shard needs to pick its own passages without parsing the others)."""
     offsets = np.zeros(len(lines) + 1, dtype=np.uint64)
     pos = 0
-    with open(folder / "passages.jsonl", "wb") as f:
+    with open(folder / "passages.jsonl", "wb") as f, open(folder / "ids.txt", "w") as ids:
         for i, line in enumerate(lines):
             f.write(line)
             pos += len(line)
             offsets[i + 1] = pos
+            ids.write(json.loads(line)["passage_id"] + "\n")
     np.save(folder / "offsets.npy", offsets)
     return len(lines)
 
@@ -100,6 +102,14 @@ class PassageFile:
                 f.seek(int(self.offsets[i]))
                 out[i] = json.loads(f.read(int(self.offsets[i + 1] - self.offsets[i])))
         return out
+
+    def where(self, keep: Callable[[str], bool]) -> Iterator[dict]:
+        """The passages whose id `keep` accepts, in file order; only those are read and parsed."""
+        with open(self.path.parent / "ids.txt") as f:
+            wanted = [i for i, pid in enumerate(f.read().splitlines()) if keep(pid)]
+        for start in range(0, len(wanted), 4096):  # bounded reads, file order
+            got = self.get_many(wanted[start:start + 4096])
+            yield from (got[i] for i in wanted[start:start + 4096])
 
     def __iter__(self) -> Iterator[dict]:
         with open(self.path, "rb") as f:

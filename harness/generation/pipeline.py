@@ -120,11 +120,11 @@ def _passages_at(passages, indices: set[int]) -> dict[int, dict]:
 
 def unseeded_requests(passages, cfg: dict, tpl: Templates, s: Sampling,
                       shard: tuple[int, int] | None = None) -> tuple[list[Request], dict]:
-    """Requests for the passages (an iterable, streamed) that fall in `shard`."""
+    """Requests for the passages that fall in `shard`: a PassageFile reads only those, a list is filtered."""
     reqs, meta = [], {}
-    for p in passages:
-        if not _in_shard(p["passage_id"], shard):
-            continue
+    mine = passages.where(lambda pid: _in_shard(pid, shard)) if hasattr(passages, "where") else \
+        (p for p in passages if _in_shard(p["passage_id"], shard))
+    for p in mine:
         for k in range(cfg["samples_per_seed"]):
             key = f"unseeded:{p['passage_id']}#{k}"
             reqs.append(s.request(key, tpl.render("unseeded_qa", passage=p["text"], n_pairs=cfg["pairs_per_passage"])))

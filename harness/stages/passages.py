@@ -10,6 +10,7 @@ from harness.stages import Stage, StageContext, register
 @register
 class PassagesStage(Stage):
     kind = "passages"
+    version = 2  # ids.txt beside the passages
 
     def run(self, ctx: StageContext) -> dict:
         cfg, rt = ctx.spec.config, ctx.spec.runtime

@@ -234,7 +234,8 @@ def test_each_stage_its_own_cache_file_reading_the_others(tmp_path):
 def test_driver_commits_each_chunk_before_the_next(tmp_path):
     """A backend that declares commit_every (the offline vllm engine; here the real local transformers backend) gets
     whole batches of about that many requests per call, and finds the previous chunk committed when it starts."""
-    backend = make("transformers", BackendOptions(model=MODEL, batch_size=2, chunk_size=3))
+    backend = make("transformers", BackendOptions(model=MODEL, batch_size=2, chunk_size=2))
+    reqs = [Request(f"r{i}", (("user", f"Say {i}."),), 2, 0.7, 0.9, i) for i in range(4)]
     path = tmp_path / "c.sqlite"
     cache = RequestCache(path, "m", window=30)  # a long window: only the driver's flush commits in time
     seen = []
@@ -247,9 +248,11 @@ def test_driver_commits_each_chunk_before_the_next(tmp_path):
 
     backend.generate = observed
     driver = Driver(cache, lambda stack: backend, logging.getLogger("test"))
-    reqs = [Request(f"r{i}", (("user", f"Say the number {i}."),), 4, 0.7, 0.9, i) for i in range(7)]
-    got = driver.run("chunks", reqs)
-    assert len(got) == 7 and seen == [(4, 0), (3, 4)], seen  # batches of 2 rounded up to >= 3; the last is short
+    got = driver.run("chunks", reqs)  # (each generate_batch call costs ~10 s on 2 cores: two calls only)
+    assert len(got) == 4 and seen == [(2, 0), (2, 2)], seen
+    backend.commit_every = 3  # a chunk is whole batches: rounded up to 4, the last one short
+    more = [Request(f"m{i}", (("user", "x"),), 2, 0.7, 0.9, i) for i in range(7)]
+    assert [len(c) for c in driver.commit_chunks(more)] == [4, 3]
     cache.close()
 
 

@@ -103,7 +103,7 @@ class FilterStage(Stage):
                                                                  "synthetic items dropped"))
         ctx.log.info("decontamination: %d dropped; %d items kept", n_dropped, n)
         return {"file": "items.jsonl", "generated": generated, "input": n_in, "deduplicated": dict(dd.dropped),
-                "after_dedup": n_dedup, "decontaminated": n_dropped, "kept": n,
+                "after_dedup": n_dedup, "decontaminated": n_dropped, "kept": n, "dedup_key_bytes": dd.nbytes,
                 "contamination": {t: {k: v for k, v in r.items() if k not in decontam.DETAIL}
                                   for t, r in report.items()}}
 

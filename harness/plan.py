@@ -202,11 +202,17 @@ def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:
         ident = f"server:{g.model}"
     served = g.server_kind if g.backend == "openai" and g.server == "managed" else g.backend
     batch = f"/batch{g.batch_size}" if g.backend == "transformers" else ""  # its samples depend on the batching
-    return f"{g.backend}/{served}/{ident}{batch}"
+    from harness.generation.config import uses_vllm
+
+    # vLLM's generation_config decides the sampling settings a request leaves unset (top_k, repetition_penalty)
+    gc = f"/generation-config:{g.vllm.generation_config}" if uses_vllm(g) else ""
+    return f"{g.backend}/{served}/{ident}{batch}{gc}"
 
 
 def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list[StageSpec]) -> list[StageSpec]:
-    """generate/<name> and filter/<name>, plus the shared eval index."""
+    """passages/<name> (when grounded), generate/<name> (or its shards) and filter/<name>, plus the shared eval
+    index."""
+    from harness.generation.config import uses_vllm
     from harness.generation.prompts import Templates
 
     syn, g = recipe.synthetic[name], recipe.generator
@@ -217,31 +223,42 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
     templates = Templates(g.templates).hashes(used)
     gen = {"backend": g.backend, "model": g.model, "temperature": g.temperature, "top_p": g.top_p,
            "max_tokens": g.max_tokens}
+    if uses_vllm(g):  # what decides the samples (the rest of the engine settings only decide the speed)
+        gen["vllm"] = {"generation_config": g.vllm.generation_config, "max_model_len": g.vllm.max_model_len}
     if g.backend == "transformers":
         gen["batch_size"] = g.batch_size  # batches share a sampling seed: the batch size changes the samples
     config = {"kind": syn.kind, "seed": syn.seed, "samples_per_seed": syn.samples_per_seed, "fewshot": syn.fewshot,
-              "context_share": syn.context_share, "passages": syn.passages,
-              "pairs_per_passage": syn.pairs_per_passage, "enrich": syn.enrich, "verify_votes": syn.verify_votes,
-              "generator": gen, "model_id": model_identity(g, store), "templates": templates}
+              "context_share": syn.context_share, "pairs_per_passage": syn.pairs_per_passage, "enrich": syn.enrich,
+              "verify_votes": syn.verify_votes, "generator": gen, "model_id": model_identity(g, store),
+              "templates": templates}
     runtime = {"server": g.server, "server_kind": g.server_kind, "concurrency": g.concurrency, "timeout": g.timeout,
                "max_retries": g.max_retries, "startup_timeout": g.startup_timeout, "templates": g.templates,
-               "request_cache": str(store.root / "_cache" / "requests.sqlite")}
+               "offline": g.offline, "vllm": rcp.to_dict(g.vllm), "cache_dir": str(store.root / "_cache" / "requests"),
+               "legacy_cache": str(store.root / "_cache" / "requests.sqlite")}
+    seeds = {"seeds": f"seeds/{name}"} if syn.kind == "task_seeded" else {}
+    out: list[StageSpec] = []
+    inputs = dict(seeds)
     if syn.context_corpus and (syn.kind == "unseeded_qa" or syn.context_share > 0):
+        # sampled once for every shard; sized from the seed count unless the recipe gives the number
         c = recipe.corpora[syn.context_corpus]
         files = rcp.expand_paths(c.paths)
-        config["corpus"] = {"files": store.fingerprint(files), "format": c.format, "text_field": c.text_field}
-        runtime["corpus"] = {"files": files, "format": c.format, "text_field": c.text_field}
-    seeds = {"seeds": f"seeds/{name}"} if syn.kind == "task_seeded" else {}
+        opts = {"format": c.format, "text_field": c.text_field}
+        pconf = {"kind": syn.kind, "count": syn.passages, "seed": syn.seed, "samples_per_seed": syn.samples_per_seed,
+                 "context_share": syn.context_share, "corpus": {"files": store.fingerprint(files), **opts}}
+        out.append(StageSpec(f"passages/{name}", "passages", pconf, {"corpus": {"files": files, **opts}},
+                             seeds if syn.passages is None else {}))
+        inputs["passages"] = out[-1].id
     if g.shards == 1:
-        gens = [StageSpec(f"generate/{name}", "generate", config, runtime, seeds)]
+        gens = [StageSpec(f"generate/{name}", "generate", config, {**runtime, "cache_name": name}, inputs)]
         items = {"items": gens[0].id}
     else:  # the same stage over a part of the requests each (split by seed or passage); filter merges them
         gens = [StageSpec(f"generate/{name}/shard{i}", "generate", {**config, "shard": i, "shards": g.shards},
-                          runtime, seeds) for i in range(g.shards)]
+                          {**runtime, "cache_name": f"{name}.shard{i}of{g.shards}"}, inputs)
+                for i in range(g.shards)]
         items = {f"items.{i}": s.id for i, s in enumerate(gens)}
-    return [*gens, StageSpec(f"filter/{name}", "filter", {"dedup_threshold": syn.dedup_threshold,
-                                                          "decontaminate": syn.decontaminate}, {},
-                             {**items, **seeds, "index": "decontam_index"})]
+    return [*out, *gens, StageSpec(f"filter/{name}", "filter", {"dedup_threshold": syn.dedup_threshold,
+                                                                "decontaminate": syn.decontaminate}, {},
+                                   {**items, **seeds, "index": "decontam_index"})]
 
 
 def select(plan: Plan, only: list[str] | None) -> list[StageSpec]:

@@ -20,6 +20,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
+from harness.generation.config import validate as validate_generator
 from harness.training.config import TrainConfig, WandbConfig, validate_train, validate_train_for_model, validate_wandb
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -68,35 +70,14 @@ class SyntheticConfig:
     fewshot: int = 3  # examples shown per request, the seed first, the rest from the same subtask
     context_corpus: Optional[str] = None  # a corpus of the recipe: passages for grounding / the unseeded control
     context_share: float = 0.0  # task_seeded: share of requests grounded in a corpus passage
-    passages: int = 200  # unseeded_qa: passages sampled from context_corpus
+    # passages sampled from context_corpus; null: what the requests use (unseeded_qa: 200; task_seeded: one per
+    # grounded request on average, seeds x samples_per_seed x context_share)
+    passages: Optional[int] = None
     pairs_per_passage: int = 3  # unseeded_qa
     enrich: bool = False  # ask for a short explanation per item and render it before the answer
     verify_votes: int = 3  # majority verification of items with options (0: off)
     dedup_threshold: float = 0.7  # near-duplicate Jaccard threshold (word 3-grams)
     decontaminate: bool = True  # drop items matching the eval index
-
-
-@dataclass
-class GeneratorConfig:
-    """The LLM that writes synthetic Q&A. backend transformers: local generation with continuous batching (the CPU
-    default: no server, reproducible); openai: any OpenAI-compatible server - `server: managed` starts one
-    (`server_kind` vllm on a GPU node, transformers on a CPU) for the stage, or give its URL; vllm: the offline
-    engine (GPU extra)."""
-
-    backend: str = "transformers"
-    model: str = "smollm2-135m-instruct"  # a catalogue name (.cache/models), a folder, or a server's model name
-    server: str = "managed"  # managed | http://host:port/v1
-    server_kind: str = "transformers"  # transformers | vllm (managed servers)
-    concurrency: int = 32
-    timeout: float = 300.0  # seconds per request
-    max_retries: int = 5
-    startup_timeout: float = 300.0
-    batch_size: int = 32  # transformers backend: requests per continuous-batching call (part of the sample)
-    shards: int = 1  # each generated set's requests split by seed into this many stages (a Slurm job array)
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 192
-    templates: Optional[str] = None  # a folder of prompt templates overriding the built-in ones (same names)
 
 
 @dataclass
@@ -381,8 +362,9 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
     g = recipe.generator
     if g.templates and not os.path.isabs(g.templates):
         g.templates = str((base / g.templates).resolve())
-    if os.path.sep in g.model and not os.path.isabs(g.model):
-        g.model = str((base / g.model).resolve())
+    # a relative model folder is relative to the recipe; a hub name (`org/name`) is not a path
+    if g.model.startswith(("./", "../", "~")) or (not os.path.isabs(g.model) and (base / g.model).exists()):
+        g.model = os.path.abspath(base / os.path.expanduser(g.model))
     tok = recipe.tokenizer
     if tok.path and not os.path.isabs(tok.path):
         tok.path = str((base / tok.path).resolve())
@@ -449,7 +431,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
             bad(f"synthetic.{name}.stratify", f"unknown stratification '{s.stratify}' (equal, proportional)")
         if s.kind in GENERATED_KINDS:
             for key in ("samples_per_seed", "passages", "pairs_per_passage"):
-                if getattr(s, key) < 1:
+                if getattr(s, key) is not None and getattr(s, key) < 1:
                     bad(f"synthetic.{name}.{key}", "must be at least 1")
             if s.fewshot < 1:
                 bad(f"synthetic.{name}.fewshot", "at least one example (the seed) is shown")
@@ -467,7 +449,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                 bad(f"synthetic.{name}.context_corpus", "required: " + ("the unseeded control writes Q&A from "
                     "corpus passages" if s.kind == "unseeded_qa" else "context_share > 0 grounds requests in "
                     "corpus passages"))
-    _validate_generator(recipe.generator, bad)
+    validate_generator(recipe.generator, bad)
     dc = recipe.decontamination
     if not 5 <= dc.ngram_min <= dc.ngram:
         bad("decontamination", f"need 5 <= ngram_min <= ngram, got ngram_min {dc.ngram_min}, ngram {dc.ngram}")
@@ -568,34 +550,6 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         raise RecipeError(p)
     if check_files:
         _check_data_sufficiency(recipe, where)
-
-
-def _validate_generator(g: GeneratorConfig, bad) -> None:
-    from harness.generation.backends import BACKENDS
-    from harness.generation.models import CATALOGUE, is_local
-
-    if g.backend not in BACKENDS:
-        bad("generator.backend", f"unknown backend '{g.backend}'{_did_you_mean(g.backend, BACKENDS)} "
-                                 f"({', '.join(BACKENDS)})")
-    if g.backend == "openai":
-        if g.server != "managed" and not re.match(r"^https?://", g.server):
-            bad("generator.server", f"'{g.server}' is neither 'managed' nor an http(s):// URL")
-        if g.server == "managed" and g.server_kind not in ("transformers", "vllm"):
-            bad("generator.server_kind", f"unknown server kind '{g.server_kind}' (transformers, vllm)")
-    local_model = g.backend == "transformers" or (g.backend == "openai" and g.server == "managed"
-                                                   and g.server_kind == "transformers")
-    if local_model and not is_local(g.model):
-        bad("generator.model", f"'{g.model}' is neither a model folder nor a catalogue name "
-                               f"({', '.join(CATALOGUE)})")
-    for key in ("concurrency", "batch_size", "max_tokens", "shards"):
-        if getattr(g, key) < 1:
-            bad(f"generator.{key}", "must be at least 1")
-    if g.max_retries < 0 or g.timeout <= 0:
-        bad("generator", "max_retries must be >= 0 and timeout > 0")
-    if _bad_number(g.temperature) or g.temperature < 0 or not 0 < g.top_p <= 1:
-        bad("generator", f"temperature must be >= 0 and top_p in (0, 1] (got {g.temperature}, {g.top_p})")
-    if g.templates is not None and not os.path.isdir(g.templates):
-        bad("generator.templates", f"no folder '{g.templates}'")
 
 
 TIME_RE = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")

@@ -105,14 +105,15 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
 
 
 def _rows(store) -> int:
-    db = store / "_cache" / "requests.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as c:
-            return c.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+    """Answers committed in the store's request cache files (one per generation stage)."""
+    n = 0
+    for db in (store / "_cache" / "requests").glob("*.sqlite"):
+        try:
+            with sqlite3.connect(db, timeout=1) as c:
+                n += c.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+        except sqlite3.OperationalError:
+            pass
+    return n
 
 
 def _run_bg(path, *args):
@@ -177,7 +178,7 @@ def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
     for exp in ("hf1", "hf2"):
         path = _recipe(tmp_path, suite_store, syn, {"backend": "transformers", "batch_size": 2}, experiment=exp)
         if exp == "hf2":  # the same recipe must give the same outputs without the cache
-            for f in (suite_store / "runs" / "_cache").glob("requests.sqlite*"):
+            for f in (suite_store / "runs" / "_cache" / "requests").glob("tsqa.sqlite*"):
                 f.unlink()
             plan = Plan.load(suite_store / "runs" / "hf1" / "plan.json")
             os.rename(plan.dir(plan.by_id("generate/tsqa")), tmp_path / "first")
@@ -190,7 +191,7 @@ def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
     assert texts[0] == texts[1]
     # a resume after a partial run (one answer of the batch missing from the cache) gives the uninterrupted samples:
     # the batch is regenerated whole, not the missing request alone
-    with sqlite3.connect(suite_store / "runs" / "_cache" / "requests.sqlite") as db:
+    with sqlite3.connect(suite_store / "runs" / "_cache" / "requests" / "tsqa.sqlite") as db:
         db.execute("DELETE FROM completions WHERE rowid = (SELECT MIN(rowid) FROM completions)")
     os.rename(plan.dir(plan.by_id("generate/tsqa")), tmp_path / "second")
     code, out = cli("run", path, "--only", "generate")

@@ -168,25 +168,39 @@ class Checker:
         return out
 
 
+class ItemCheck:
+    """check_items over a stream: batches of items in, clean and dropped items out, one report at the end."""
+
+    def __init__(self, index: Index, examples: int = 3):
+        self.index, self.ck, self.examples = index, Checker(index), examples
+        self.report: dict[str, dict] = {}
+
+    def batch(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
+        clean, dropped = [], []
+        seqs = [(n, seq) for n, it in enumerate(items) for seq in item_sequences(it)]
+        per_item: list[dict[int, str]] = [{} for _ in items]
+        for i in range(0, len(seqs), 1024):
+            chunk = seqs[i:i + 1024]
+            for (n, _), hits in zip(chunk, self.ck.matches_each([q for _, q in chunk])):
+                for e, g in hits.items():
+                    per_item[n].setdefault(e, g)
+        for it, hits in zip(items, per_item):
+            if not hits:
+                clean.append(it)
+                continue
+            dropped.append({**it, "contaminates": sorted({self.index.items[i]["id"] for i in hits})})
+            _note(self.report, self.index, hits, "item", it["item_id"], self.examples)
+        return clean, dropped
+
+    def finish(self) -> dict:
+        return _finish(self.report)
+
+
 def check_items(index: Index, items: list[dict], examples: int = 3) -> tuple[list[dict], list[dict], dict]:
     """(clean items, dropped items, report per eval task: matched items, drops, examples)."""
-    ck = Checker(index)
-    clean, dropped = [], []
-    report: dict[str, dict] = {}
-    seqs = [(n, seq) for n, it in enumerate(items) for seq in item_sequences(it)]
-    per_item: list[dict[int, str]] = [{} for _ in items]
-    for i in range(0, len(seqs), 1024):
-        chunk = seqs[i:i + 1024]
-        for (n, _), hits in zip(chunk, ck.matches_each([q for _, q in chunk])):
-            for e, g in hits.items():
-                per_item[n].setdefault(e, g)
-    for it, hits in zip(items, per_item):
-        if not hits:
-            clean.append(it)
-            continue
-        dropped.append({**it, "contaminates": sorted({index.items[i]["id"] for i in hits})})
-        _note(report, index, hits, "item", it["item_id"], examples)
-    return clean, dropped, _finish(report)
+    check = ItemCheck(index, examples)
+    clean, dropped = check.batch(items)
+    return clean, dropped, check.finish()
 
 
 def check_documents(index: Index, docs, examples: int = 3) -> dict:

@@ -37,15 +37,24 @@ class Driver:
         finally:
             self.stack.close()
 
+    def commit_chunks(self, todo: list[Request]) -> list[list[Request]]:
+        """`todo` in chunks of about the backend's `commit_every` requests (whole batches of a backend that samples
+        per batch), each committed to the cache before the next starts: an engine that returns its answers only at
+        the end of a call (vLLM offline) then loses one chunk to a preemption, not the stage's work."""
+        size = getattr(self.backend, "commit_every", None)
+        if not size:
+            return [todo]
+        batches = self.backend.chunks(todo) if hasattr(self.backend, "chunks") else [[r] for r in todo]
+        out: list[list[Request]] = [[]]
+        for b in batches:
+            if len(out[-1]) >= size:
+                out.append([])
+            out[-1].extend(b)
+        return [c for c in out if c]
+
     def run(self, label: str, requests: list[Request]) -> dict[str, Completion]:
-        out: dict[str, Completion] = {}
-        todo = []
-        for r in requests:
-            c = self.cache.get(r)
-            if c is None:
-                todo.append(r)
-            else:
-                out[r.key] = c
+        out: dict[str, Completion] = self.cache.get_many(requests)
+        todo = [r for r in requests if r.key not in out]
         if todo and self.backend is None:
             self.backend = self.make_backend(self.stack)
         batches = getattr(self.backend, "chunks", None)
@@ -82,7 +91,9 @@ class Driver:
                     last_log[0] = time.perf_counter()
                     self.log.info("%s: %d/%d, %s", label, n, len(todo), rate)
 
-            self.backend.generate(todo, done)
+            for chunk in self.commit_chunks(todo):
+                self.backend.generate(chunk, done)
+                self.cache.flush()  # a chunk's answers are on disk before the next chunk starts
         dt = time.perf_counter() - t0
         self.counts["generated"] += len(todo)
         self.counts["seconds"] += dt

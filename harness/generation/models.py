@@ -24,12 +24,18 @@ CATALOGUE = {
 }
 
 
+def looks_like_path(model: str) -> bool:
+    """A path is what exists or is written as one (/, ., ~); `Qwen/Qwen2.5-7B-Instruct` stays a hub name even
+    though it contains a slash."""
+    return model.startswith(("/", ".", "~")) or os.path.exists(model)
+
+
 def resolve(model: str) -> str:
-    """A catalogue name -> its prepared folder; a path -> itself (absolute); anything else is a server-side name."""
+    """A catalogue name -> its prepared folder; a path -> itself (absolute); anything else is a hub or server name."""
     if model in CATALOGUE:
         return str(MODELS / model)
-    if os.path.sep in model or model.startswith("."):
-        return str(Path(model).resolve())
+    if looks_like_path(model):  # absolute, symlinks kept: a server pinned to this path is asked by the same name
+        return os.path.abspath(os.path.expanduser(model))
     return model
 
 

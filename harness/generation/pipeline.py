@@ -46,47 +46,91 @@ class Sampling:
                        request_seed(self.seed, key))
 
 
-def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages: list[dict],
-                    s: Sampling) -> tuple[list[Request], dict]:
-    """One request per (seed, sample); meta maps request key -> what parsing needs."""
-    by_sub = collections.defaultdict(list)
+def shard_of_id(ident: str, shards: int) -> int:
+    """The shard of a seed or passage id: all samples of a seed land in one shard."""
+    return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16) % shards
+
+
+def shard_of(m: dict, shards: int) -> int:
+    """The shard of a request, from its meta: by its seed (or passage)."""
+    return shard_of_id(m["seed_id"] or m["passage_id"], shards)
+
+
+def _in_shard(ident: str, shard: tuple[int, int] | None) -> bool:
+    return shard is None or shard_of_id(ident, shard[1]) == shard[0]
+
+
+def _pick_others(rng: random.Random, n_sub: int, own: int, k: int) -> list[int]:
+    """k distinct positions of a subtask's list of n_sub seeds, never `own` (the seed itself), in O(k): positions
+    are drawn from the n_sub - 1 others and those at or after `own` shifted by one."""
+    k = min(k, n_sub - 1)
+    if k <= 0:
+        return []
+    return [j + (j >= own) for j in rng.sample(range(n_sub - 1), k)]
+
+
+def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages, s: Sampling,
+                    shard: tuple[int, int] | None = None) -> tuple[list[Request], dict]:
+    """One request per (seed, sample) of the seeds in `shard` (index, count; None: all); meta maps request key ->
+    what parsing needs. Every draw comes from the request's own RNG (seeded by its key), so a request is the same
+    whichever shard builds it; the work is linear in the shard's requests. `passages`: a PassageFile (or a list),
+    of which only the picked passages are read."""
+    by_sub: dict[str, list[dict]] = collections.defaultdict(list)
+    position: dict[str, int] = {}
     for seed in seeds:
+        position[seed["seed_id"]] = len(by_sub[seed["subtask"]])
         by_sub[seed["subtask"]].append(seed)
-    reqs, meta = [], {}
+    n_pass = len(passages) if passages is not None else 0
+    planned = []  # (seed, k, key, shots, passage index or None): the draws first, then one read of the passages
     for seed in seeds:
-        kind = fmt.item_type(seed)
+        if not _in_shard(seed["seed_id"], shard):
+            continue
+        sub = by_sub[seed["subtask"]]
         for k in range(cfg["samples_per_seed"]):
             key = f"gen:{seed['seed_id']}#{k}"
             rng = random.Random(request_seed(s.seed, key))
-            others = [x for x in by_sub[seed["subtask"]] if x["seed_id"] != seed["seed_id"]]
-            shots = [seed] + rng.sample(others, min(len(others), max(0, cfg["fewshot"] - 1)))
-            passage = rng.choice(passages) if passages and rng.random() < cfg["context_share"] else None
-            n_opt = len(seed["choices"]) if seed.get("choices") and kind != "yesno" else None
-            prompt = tpl.render(f"similar_{kind}", task_description=describe(seed["task"]),
-                                examples=[fmt.show(x, kind) for x in shots], n_options=n_opt or 0,
-                                letters=fmt.LETTERS[:n_opt or 0], passage=passage["text"] if passage else None,
-                                with_passage=bool(seed.get("context")))
-            reqs.append(s.request(key, prompt))
-            meta[key] = {"request": key, "item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"],
-                         "task": seed["task"], "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
-                         "passage_id": passage["passage_id"] if passage else None}
+            others = _pick_others(rng, len(sub), position[seed["seed_id"]], cfg["fewshot"] - 1)
+            grounded = n_pass and rng.random() < cfg["context_share"]
+            planned.append((seed, k, key, [seed] + [sub[j] for j in others], rng.randrange(n_pass) if grounded
+                            else None))
+    picked = _passages_at(passages, {p for *_, p in planned if p is not None})
+    reqs, meta = [], {}
+    for seed, k, key, shots, p in planned:
+        kind = fmt.item_type(seed)
+        passage = picked[p] if p is not None else None
+        n_opt = len(seed["choices"]) if seed.get("choices") and kind != "yesno" else None
+        prompt = tpl.render(f"similar_{kind}", task_description=describe(seed["task"]),
+                            examples=[fmt.show(x, kind) for x in shots], n_options=n_opt or 0,
+                            letters=fmt.LETTERS[:n_opt or 0], passage=passage["text"] if passage else None,
+                            with_passage=bool(seed.get("context")))
+        reqs.append(s.request(key, prompt))
+        meta[key] = {"request": key, "item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"],
+                     "task": seed["task"], "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
+                     "passage_id": passage["passage_id"] if passage else None}
     return reqs, meta
 
 
-def unseeded_requests(passages: list[dict], cfg: dict, tpl: Templates, s: Sampling) -> tuple[list[Request], dict]:
+def _passages_at(passages, indices: set[int]) -> dict[int, dict]:
+    if not indices:
+        return {}
+    if hasattr(passages, "get_many"):
+        return passages.get_many(indices)
+    return {i: passages[i] for i in indices}
+
+
+def unseeded_requests(passages, cfg: dict, tpl: Templates, s: Sampling,
+                      shard: tuple[int, int] | None = None) -> tuple[list[Request], dict]:
+    """Requests for the passages that fall in `shard`: a PassageFile reads only those, a list is filtered."""
     reqs, meta = [], {}
-    for p in passages:
+    mine = passages.where(lambda pid: _in_shard(pid, shard)) if hasattr(passages, "where") else \
+        (p for p in passages if _in_shard(p["passage_id"], shard))
+    for p in mine:
         for k in range(cfg["samples_per_seed"]):
             key = f"unseeded:{p['passage_id']}#{k}"
             reqs.append(s.request(key, tpl.render("unseeded_qa", passage=p["text"], n_pairs=cfg["pairs_per_passage"])))
             meta[key] = {"request": key, "item_id": f"{p['passage_id']}#{k}", "seed_id": None, "task": "unseeded",
                          "subtask": "unseeded", "type": "open", "n_options": None, "passage_id": p["passage_id"]}
     return reqs, meta
-
-
-def shard_of(m: dict, shards: int) -> int:
-    """The shard of a request: by its seed (or passage), so that all samples of a seed land in one shard."""
-    return int(hashlib.sha256((m["seed_id"] or m["passage_id"]).encode()).hexdigest()[:8], 16) % shards
 
 
 def parse_round(completions: dict, meta: dict, pairs: int = 0) -> tuple[list[dict], collections.Counter]:

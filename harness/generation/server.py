@@ -33,28 +33,75 @@ def _die_with_parent() -> None:
         pass
 
 
+def _transformers_argv(exe: str, model: str, port: int, extra: list[str]) -> list[str]:
+    return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--continuous-batching",
+            "--device", "cpu", "--dtype", "float32", *extra]
+
+
+def _vllm_argv(exe: str, model: str, port: int, extra: list[str]) -> list[str]:
+    # the served name is the recipe's model, so the client's `model` field matches whatever path was loaded
+    return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra]
+
+
+# kind -> (executable, the message when it is missing, argv builder)
+SERVERS = {
+    "transformers": ("transformers", "`transformers serve` is not installed (pip install "
+                     "'transformers[serving]')", _transformers_argv),
+    "vllm": ("vllm", "`vllm serve` is not installed: managed vllm servers need a GPU node with the gpu extra "
+             "(pip install '.[gpu]')", _vllm_argv),
+}
+
+
+def argv(kind: str, exe: str, model: str, port: int, extra: list[str]) -> list[str]:
+    """The server's command line with `exe` as its program (testable without the program installed)."""
+    if kind not in SERVERS:
+        raise GenerationError(f"unknown server kind '{kind}' ({', '.join(SERVERS)})")
+    return SERVERS[kind][2](exe, model, port, extra)
+
+
 def _command(kind: str, model: str, port: int, extra: list[str]) -> list[str]:
+    if kind not in SERVERS:
+        raise GenerationError(f"unknown server kind '{kind}' ({', '.join(SERVERS)})")
+    name, missing, _ = SERVERS[kind]
+    # the venv's bin folder first: a stage run by a venv's python without the venv activated
+    exe = shutil.which(name, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        raise GenerationError(missing)
+    return argv(kind, exe, model, port, extra)
+
+
+def user_hub_cache(env: dict) -> Path | None:
+    """The Hugging Face hub cache the user points to, however they do it (HF_HUB_CACHE, HF_HOME, the default
+    under XDG_CACHE_HOME or ~/.cache), or None when nothing is set and the default folder does not exist."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    default = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface" / "hub"
+    return default if default.is_dir() else None
+
+
+def server_env(kind: str, env: dict, workdir: Path, offline: bool | None = None) -> dict:
+    """The managed server's environment: the user's own hub cache and offline setting, except that `transformers
+    serve` answers 500 on /v1/models unless its hub cache folder exists - so it gets one in the run when the user
+    has none, and the user's is created if they named one that is not there yet."""
     if kind == "transformers":
-        exe = shutil.which("transformers", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-        if exe is None:
-            raise GenerationError("`transformers serve` is not installed (pip install 'transformers[serving]')")
-        return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--continuous-batching",
-                "--device", "cpu", "--dtype", "float32", *extra]
-    if kind == "vllm":
-        exe = shutil.which("vllm")
-        if exe is None:
-            raise GenerationError("`vllm serve` is not installed: managed vllm servers need a GPU node with the gpu "
-                                  "extra (pip install '.[gpu]')")
-        return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra]
-    raise GenerationError(f"unknown server kind '{kind}' (transformers, vllm)")
+        hub = user_hub_cache(env)
+        if hub is None:
+            hub = workdir / "hf-hub"
+            env["HF_HUB_CACHE"] = str(hub)
+        hub.mkdir(parents=True, exist_ok=True)
+    if offline is not None:  # the recipe decides; otherwise the environment's value (or the hub's default) stands
+        env["HF_HUB_OFFLINE"] = "1" if offline else "0"
+    return env
 
 
 class ManagedServer:
     """Context manager; `base_url` is the OpenAI API root. The server's output goes to `log_path`."""
 
     def __init__(self, kind: str, model: str, log_path: Path, port: int | None = None, startup_timeout: float = 300,
-                 extra_args: list[str] | None = None):
-        self.kind, self.model, self.log_path = kind, model, Path(log_path)
+                 extra_args: list[str] | None = None, offline: bool | None = None):
+        self.kind, self.model, self.log_path, self.offline = kind, model, Path(log_path), offline
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.cmd = _command(kind, model, self.port, list(extra_args or []))
@@ -71,12 +118,7 @@ class ManagedServer:
             return ""
 
     def start(self) -> "ManagedServer":
-        env = dict(os.environ)
-        # transformers serve answers 500 on /v1/models unless the hub cache folder exists; keep it in the run
-        hub = self.log_path.parent / "hf-hub"
-        hub.mkdir(parents=True, exist_ok=True)
-        env.setdefault("HF_HUB_CACHE", str(hub))
-        env.setdefault("HF_HUB_OFFLINE", "1")
+        env = server_env(self.kind, dict(os.environ), self.log_path.parent, self.offline)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True,  # its own group: stopped with all its children

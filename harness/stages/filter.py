@@ -5,11 +5,13 @@ base corpus, report only)."""
 from __future__ import annotations
 
 import collections
+import heapq
 import json
+from typing import Iterator
 
 from harness.data.readers import ReadStats, read_corpus
 from harness.filters import decontam
-from harness.stages import Stage, StageContext, read_jsonl, register, write_jsonl
+from harness.stages import Stage, StageContext, read_jsonl, register
 
 
 def _report_md(title: str, per_task: dict, what: str) -> str:
@@ -40,14 +42,15 @@ class DecontamIndexStage(Stage):
         return {"dir": "index", **index.stats}
 
 
-def _merged_items(ctx: StageContext) -> tuple[list[dict], dict]:
-    """The generated items of one stage, or of all shards in request order (as one stage would have written them),
-    with the generation counts summed over the shards."""
+def _shard_items(ctx: StageContext) -> tuple[list[str], Iterator[dict], dict]:
+    """The generated items of one stage, or of all shards merged in item-id order (a k-way merge of the shards'
+    files, each in item-id order: one item per shard in memory), with the generation counts summed."""
+    from harness.filters import dedup  # datasketch (and scipy) take a third of a second to import
+
     names = sorted((n for n in ctx.inputs if n == "items" or n.startswith("items.")),
                    key=lambda n: int(n.partition(".")[2] or 0))
-    items = [it for n in names for it in ctx.input_rows(n)]
-    if len(names) > 1:
-        items.sort(key=lambda it: it["request"])  # stable: the pairs of one request keep their order
+    streams = [dedup.in_item_order(_rows(ctx, n), lambda n=n: f"{ctx.spec.deps[n]} items.jsonl") for n in names]
+    items = heapq.merge(*streams, key=lambda it: it["item_id"]) if len(streams) > 1 else streams[0]
     total: dict = {}
     for n in names:
         for key, val in ctx.manifests[n]["result"].items():
@@ -55,33 +58,52 @@ def _merged_items(ctx: StageContext) -> tuple[list[dict], dict]:
                 total[key] = total.get(key, 0) + val
             elif key in ("malformed", "verification"):
                 total[key] = dict(collections.Counter(total.get(key, {})) + collections.Counter(val))
-    return items, {"shards": len(names), **total}
+    return names, items, {"shards": len(names), **total}
+
+
+def _rows(ctx: StageContext, name: str) -> Iterator[dict]:
+    with open(ctx.inputs[name] / ctx.manifests[name]["result"]["file"]) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 @register
 class FilterStage(Stage):
     kind = "filter"
+    version = 2  # streams the shards (bounded memory); the same output
 
     def run(self, ctx: StageContext) -> dict:
-        cfg = ctx.spec.config
-        items, generated = _merged_items(ctx)
-        seeds = ctx.input_rows("seeds") if "seeds" in ctx.inputs else []
-        from harness.filters import dedup  # datasketch (and scipy) take a third of a second to import
+        from harness.filters import dedup
 
-        kept, dup = dedup.dedup(items, seeds, cfg["dedup_threshold"])
-        ctx.log.info("dedup: %d of %d kept; %s", len(kept), len(items), dict(dup))
-        report, dropped = {}, []
-        if cfg["decontaminate"]:
-            index = decontam.Index.load(ctx.inputs["index"] / "index")
-            kept, dropped, report = decontam.check_items(index, kept)
-            write_jsonl(ctx.workdir / "contaminated.jsonl", dropped)
+        cfg = ctx.spec.config
+        _, items, generated = _shard_items(ctx)
+        seeds = _rows(ctx, "seeds") if "seeds" in ctx.inputs else []
+        dd = dedup.Deduplicator(seeds, cfg["dedup_threshold"])
+        check = decontam.ItemCheck(decontam.Index.load(ctx.inputs["index"] / "index")) if cfg["decontaminate"] \
+            else None
+        n_in = n_dedup = n_dropped = n = 0
+        with open(ctx.workdir / "items.jsonl", "w") as out, open(ctx.workdir / "contaminated.jsonl", "w") as bad:
+            for batch in dedup.batched(items):
+                n_in += len(batch)
+                kept = dd.batch(batch)
+                n_dedup += len(kept)
+                if check is not None:
+                    kept, dropped = check.batch(kept)
+                    n_dropped += len(dropped)
+                    bad.writelines(json.dumps(r) + "\n" for r in dropped)
+                out.writelines(json.dumps(r) + "\n" for r in kept)
+                n += len(kept)
+        if check is None:
+            (ctx.workdir / "contaminated.jsonl").unlink()
+        report = check.finish() if check is not None else {}
+        ctx.log.info("dedup: %d of %d kept; %s (%.0f MB of keys)", n_dedup, n_in, dict(dd.dropped), dd.nbytes / 2**20)
         (ctx.workdir / "contamination.json").write_text(json.dumps(report, indent=1))
         (ctx.workdir / "contamination.md").write_text(_report_md("Synthetic items matching eval items", report,
                                                                  "synthetic items dropped"))
-        n = write_jsonl(ctx.workdir / "items.jsonl", kept)
-        ctx.log.info("decontamination: %d dropped; %d items kept", len(dropped), n)
-        return {"file": "items.jsonl", "generated": generated, "input": len(items), "deduplicated": dict(dup),
-                "after_dedup": len(items) - sum(dup.values()), "decontaminated": len(dropped), "kept": n,
+        ctx.log.info("decontamination: %d dropped; %d items kept", n_dropped, n)
+        return {"file": "items.jsonl", "generated": generated, "input": n_in, "deduplicated": dict(dd.dropped),
+                "after_dedup": n_dedup, "decontaminated": n_dropped, "kept": n, "dedup_key_bytes": dd.nbytes,
                 "contamination": {t: {k: v for k, v in r.items() if k not in decontam.DETAIL}
                                   for t, r in report.items()}}
 

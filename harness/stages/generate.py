@@ -13,7 +13,8 @@ from harness.generation import models, pipeline
 from harness.generation.backends import BackendOptions, make
 from harness.generation.cache import RequestCache
 from harness.generation.driver import Driver
-from harness.generation.passages import from_corpus
+from harness.generation.config import engine_kwargs, serve_args
+from harness.generation.passages import PassageFile
 from harness.generation.prompts import Templates
 from harness.generation.server import ManagedServer
 from harness.stages import Stage, StageContext, register, write_jsonl
@@ -26,15 +27,19 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
         model = models.resolve(gen["model"])
         if gen["model"] in models.CATALOGUE:
             model = str(models.prepare(gen["model"]))
-        url = rt["server"]
+        url, vllm = rt["server"], rt.get("vllm") or {}
         if gen["backend"] == "openai" and url == "managed":
-            server = ManagedServer(rt["server_kind"], model, workdir / "server.log",
-                                   startup_timeout=rt["startup_timeout"])
+            kind = rt["server_kind"]
+            server = ManagedServer(kind, model, workdir / "server.log", startup_timeout=rt["startup_timeout"],
+                                   extra_args=serve_args(vllm) if kind == "vllm" else None,
+                                   offline=rt.get("offline"))
             stack.enter_context(server)
             url = server.base_url
-            served.update(pid=server.proc.pid, url=url, log=str(server.log_path.name))
+            served.update(pid=server.proc.pid, url=url, log=str(server.log_path.name), cmd=server.cmd)
+        chunk = {"vllm": vllm.get("chunk_size"), "transformers": gen.get("batch_size")}.get(gen["backend"])
         opts = BackendOptions(model=model, base_url=url, concurrency=rt["concurrency"], timeout=rt["timeout"],
-                              max_retries=rt["max_retries"], batch_size=gen.get("batch_size") or 16)
+                              max_retries=rt["max_retries"], batch_size=gen.get("batch_size") or 16,
+                              chunk_size=chunk, engine=engine_kwargs(vllm) if vllm else {})
         return make(gen["backend"], opts)
 
     return make_backend
@@ -43,28 +48,24 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
 @register
 class GenerateStage(Stage):
     kind = "generate"
+    version = 2  # passages from their own stage; requests built for the shard only; items in item-id order
 
     def run(self, ctx: StageContext) -> dict:
         cfg, rt = ctx.spec.config, ctx.spec.runtime
         gen = cfg["generator"]
         tpl = Templates(rt.get("templates"))
         samp = pipeline.Sampling(gen["temperature"], gen["top_p"], gen["max_tokens"], cfg["seed"])
-        passages = []
-        if rt.get("corpus"):
-            c = rt["corpus"]
-            passages, _ = from_corpus(c["files"], c["format"], c["text_field"], cfg["passages"], cfg["seed"])
-            ctx.log.info("%d passages sampled from %s", len(passages), ", ".join(c["files"])[:200])
-        seeds = ctx.input_rows("seeds") if "seeds" in ctx.inputs else []
+        shard = (cfg["shard"], cfg["shards"]) if "shards" in cfg else None
+        passages = PassageFile(ctx.inputs["passages"]) if "passages" in ctx.inputs else None
         if cfg["kind"] == "task_seeded":
-            reqs, meta = pipeline.seeded_requests(seeds, cfg, tpl, passages, samp)
+            reqs, meta = pipeline.seeded_requests(ctx.input_rows("seeds"), cfg, tpl, passages, samp, shard)
         else:
-            reqs, meta = pipeline.unseeded_requests(passages, cfg, tpl, samp)
-        if "shards" in cfg:
-            reqs = [r for r in reqs if pipeline.shard_of(meta[r.key], cfg["shards"]) == cfg["shard"]]
-            meta = {r.key: meta[r.key] for r in reqs}
-            ctx.log.info("shard %d of %d: %d requests", cfg["shard"], cfg["shards"], len(reqs))
+            reqs, meta = pipeline.unseeded_requests(passages, cfg, tpl, samp, shard)
+        if shard:
+            ctx.log.info("shard %d of %d: %d requests", *shard, len(reqs))
 
-        cache = RequestCache(Path(rt["request_cache"]), cfg["model_id"])
+        cache = RequestCache.for_stage(Path(rt["cache_dir"]), rt["cache_name"], cfg["model_id"],
+                                       legacy=Path(rt["legacy_cache"]))
         served: dict = {}
         driver = Driver(cache, _backend_factory(gen, rt, ctx.workdir, served), ctx.log)
         try:
@@ -80,7 +81,8 @@ class GenerateStage(Stage):
         finally:
             driver.close()
             cache.close()
-        kept = [it for it in items if it.get("verified") is not False]
+        # in item-id order: the filter merges the shards' files by item id without loading them
+        kept = sorted((it for it in items if it.get("verified") is not False), key=lambda it: it["item_id"])
         write_jsonl(ctx.workdir / "items.jsonl", kept)
         per_task = collections.defaultdict(collections.Counter)
         for it in items:
@@ -93,6 +95,7 @@ class GenerateStage(Stage):
                 "parsed": len(items), "malformed": dict(sorted(dropped.items())), "enrichment": dict(enriched),
                 "verification": dict(verdicts), "kept": len(kept),
                 "per_task": {t: dict(c) for t, c in sorted(per_task.items())},
-                "requests": {**driver.counts, "cache_journal": cache.journal},
+                "requests": {**driver.counts, "cache_journal": cache.journal, "cache_file": cache.path.name,
+                             "found_in_other_caches": cache.found_elsewhere},
                 "retries": getattr(driver.backend, "retries", 0), "templates": cfg["templates"],
                 "managed_server": served or None}

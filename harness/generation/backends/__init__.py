@@ -47,11 +47,14 @@ class BackendOptions:
     timeout: float = 300.0
     max_retries: int = 5
     batch_size: int = 16  # local backends
-    extra: dict = field(default_factory=dict)
+    chunk_size: int | None = None  # offline engines: requests per call, committed before the next
+    engine: dict = field(default_factory=dict)  # vllm: engine settings (LLM keyword arguments)
 
 
 class Backend:
     name: ClassVar[str]
+    # requests per generate() call when set: the driver commits each call's answers before the next one
+    commit_every: int | None = None
 
     def __init__(self, opts: BackendOptions):
         self.opts = opts

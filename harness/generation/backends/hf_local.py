@@ -23,6 +23,7 @@ class TransformersBackend(Backend):
             self.model = AutoModelForCausalLM.from_pretrained(opts.model, dtype=torch.float32).eval()
         except OSError as e:
             raise GenerationError(f"cannot load generator model '{opts.model}': {e}") from None
+        self.commit_every = opts.chunk_size  # whole batches are committed (the driver rounds up to a batch)
 
     def _config(self, r):
         from transformers import GenerationConfig

@@ -1,5 +1,9 @@
 """vLLM's offline engine on a GPU node (the `gpu` extra). Imported only when a recipe asks for it, so that nothing
-here is needed to import, test or run on a CPU."""
+here is needed to import, test or run on a CPU.
+
+The engine returns a call's answers only when the whole call is done, so the backend declares `commit_every`
+(generator.vllm.chunk_size): the driver hands it that many requests at a time and commits their answers before
+the next chunk - a preemption loses one chunk, not the shard."""
 
 from __future__ import annotations
 
@@ -12,13 +16,16 @@ class VLLMBackend(Backend):
 
     def __init__(self, opts):
         super().__init__(opts)
+        self.commit_every = opts.chunk_size
         try:
             from vllm import LLM, SamplingParams  # noqa: F401
         except Exception as e:  # ImportError, or a CUDA-less import failure
             raise GenerationError(f"the vllm backend needs a GPU node with the gpu extra (pip install '.[gpu]'); "
                                   f"importing vllm failed: {type(e).__name__}: {str(e)[:200]}") from None
         self._sampling = SamplingParams
-        self.llm = LLM(model=opts.model, seed=0, **opts.extra)
+        # engine settings from generator.vllm (max_model_len, gpu_memory_utilization, tensor_parallel_size,
+        # generation_config); an explicit SamplingParams per request carries the recipe's temperature and top_p
+        self.llm = LLM(model=opts.model, seed=0, **opts.engine)
 
     def generate(self, requests, on_done) -> None:
         params = [self._sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p, seed=r.seed)

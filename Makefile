@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench clean gpu-setup vllm-env
 
 setup: $(STAMP) .cache/assets/.done
 
@@ -43,7 +43,24 @@ bench: setup
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/submit.py
+	$(BIN)/python bench/paper_scale.py
 	$(BIN)/harness run recipes/quickstart.yaml && $(BIN)/python bench/eval.py
+
+# GPU nodes (README: On GPU nodes); not used on CPUs. The training environment with a CUDA torch and Transformer
+# Engine built against it: set PIP_INDEX_URL/PIP_EXTRA_INDEX_URL to your CUDA torch index first.
+gpu-setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[gpu]'
+	touch $(STAMP)
+
+# vLLM pins its own torch: an environment of its own, where the managed `vllm serve` is looked up (never PATH)
+vllm-env:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q --upgrade pip
+	.venv-vllm/bin/pip install -q -e '.[vllm]'
 
 clean:
 	rm -rf runs .pytest_cache

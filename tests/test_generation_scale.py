@@ -17,7 +17,7 @@ import pytest
 
 from harness import recipe as rcp
 from harness.generation import models, pipeline
-from harness.generation.backends import BackendOptions, Completion, Request, make
+from harness.generation.backends import BackendOptions, Completion, GenerationError, Request, make
 from harness.generation.cache import RequestCache
 from harness.generation.config import engine_kwargs, serve_args
 from harness.generation.driver import Driver
@@ -120,6 +120,33 @@ def test_vllm_settings_reach_the_command_line_and_are_validated(tmp_path):
     with pytest.raises(rcp.RecipeError) as e:
         _load(tmp_path, {"backend": "vllm", "model": HUB, "vllm": {"max_model_lenght": 4}}, name="typo.yaml")
     assert "did you mean 'generator.vllm.max_model_len'" in str(e.value)
+
+
+def test_vllm_serve_comes_from_its_own_environment_never_from_path(tmp_path, monkeypatch):
+    """vLLM pins its own torch, so the managed server's `vllm` is generator.vllm.env's, else the one beside the
+    job's interpreter, else <repo>/.venv-vllm's - never whatever PATH holds."""
+    from harness.generation import server
+
+    def fake_exe(folder):
+        exe = folder / "bin" / "vllm"
+        exe.parent.mkdir(parents=True)
+        exe.write_text("#!/bin/sh\nexit 0\n")
+        exe.chmod(0o755)
+        return exe
+
+    on_path = fake_exe(tmp_path / "module")
+    own = fake_exe(tmp_path / "venv-vllm")
+    monkeypatch.setenv("PATH", f"{on_path.parent}{os.pathsep}{os.environ['PATH']}")
+    assert server._command("vllm", HUB, 8000, [], str(tmp_path / "venv-vllm"))[0] == str(own)
+    with pytest.raises(GenerationError, match=r"generator.vllm.env: no executable bin/vllm in"):
+        server._command("vllm", HUB, 8000, [], str(tmp_path / "nowhere"))
+    if not (server.VLLM_ENV / "bin" / "vllm").exists():
+        with pytest.raises(GenerationError, match="found neither beside this job's interpreter"):
+            server._command("vllm", HUB, 8000, [])
+    r = _load(tmp_path, {"backend": "openai", "server": "managed", "server_kind": "vllm", "model": HUB,
+                         "vllm": {"env": str(tmp_path / "venv-vllm")}})
+    spec = build(r, Store(tmp_path / "runs")).by_id("generate/tsqa")
+    assert spec.runtime["vllm"]["env"] == str(tmp_path / "venv-vllm") and "env" not in str(spec.config)
 
 
 # ------------------------------------------------------------------------------------------- requests per shard

@@ -27,6 +27,8 @@ class VLLMConfig:
     generation_config: str = "vllm"  # vllm | auto | a folder holding generation_config.json
     extra_args: list[str] = field(default_factory=list)  # more `vllm serve` flags, e.g. ["--enable-prefix-caching"]
     chunk_size: int = 2048  # offline backend: requests per engine call; each chunk is committed before the next
+    env: Optional[str] = None  # managed server: the environment holding vLLM (default: beside the job's interpreter,
+    #                            else <repo>/.venv-vllm; never PATH). vLLM pins its own torch: keep it apart.
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from harness.generation.backends import GenerationError
+from harness.generation.models import ROOT
 
 
 def free_port() -> int:
@@ -43,12 +44,37 @@ def _vllm_argv(exe: str, model: str, port: int, extra: list[str]) -> list[str]:
     return [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", model, *extra]
 
 
-# kind -> (executable, the message when it is missing, argv builder)
+VLLM_ENV = ROOT / ".venv-vllm"  # where README's install puts vLLM's own environment (make vllm-env)
+
+
+def _beside_interpreter_then_path(name: str, env_dir: str | None) -> str | None:
+    # the venv's bin folder first: a stage run by a venv's python without the venv activated
+    return shutil.which(name, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+
+def _vllm_executable(name: str, env_dir: str | None) -> str | None:
+    """vLLM pins its own torch, so it lives in an environment of its own: generator.vllm.env, else a vllm beside
+    the interpreter running this job, else the repository's .venv-vllm. Never PATH: whatever vllm a module or a
+    login shell put there may belong to another torch than the one the recipe was tested with."""
+    if env_dir:
+        exe = Path(env_dir).expanduser() / "bin" / name
+        if not os.access(exe, os.X_OK):
+            raise GenerationError(f"generator.vllm.env: no executable bin/{name} in '{env_dir}' (create it with "
+                                  f"`make vllm-env`, or point it at the environment holding vLLM)")
+        return str(exe)
+    for folder in (Path(sys.executable).parent, VLLM_ENV / "bin"):
+        if os.access(folder / name, os.X_OK):
+            return str(folder / name)
+    return None
+
+
+# kind -> (executable, where it is looked up, the message when it is missing, argv builder)
 SERVERS = {
-    "transformers": ("transformers", "`transformers serve` is not installed (pip install "
-                     "'transformers[serving]')", _transformers_argv),
-    "vllm": ("vllm", "`vllm serve` is not installed: managed vllm servers need a GPU node with the gpu extra "
-             "(pip install '.[gpu]')", _vllm_argv),
+    "transformers": ("transformers", _beside_interpreter_then_path, "`transformers serve` is not installed (pip "
+                     "install 'transformers[serving]')", _transformers_argv),
+    "vllm": ("vllm", _vllm_executable, f"`vllm serve` was found neither beside this job's interpreter "
+             f"({os.path.dirname(sys.executable)}) nor in {VLLM_ENV}: install vLLM in an environment of its own "
+             f"(`make vllm-env` on a GPU node) or set generator.vllm.env to one", _vllm_argv),
 }
 
 
@@ -56,15 +82,14 @@ def argv(kind: str, exe: str, model: str, port: int, extra: list[str]) -> list[s
     """The server's command line with `exe` as its program (testable without the program installed)."""
     if kind not in SERVERS:
         raise GenerationError(f"unknown server kind '{kind}' ({', '.join(SERVERS)})")
-    return SERVERS[kind][2](exe, model, port, extra)
+    return SERVERS[kind][3](exe, model, port, extra)
 
 
-def _command(kind: str, model: str, port: int, extra: list[str]) -> list[str]:
+def _command(kind: str, model: str, port: int, extra: list[str], env_dir: str | None = None) -> list[str]:
     if kind not in SERVERS:
         raise GenerationError(f"unknown server kind '{kind}' ({', '.join(SERVERS)})")
-    name, missing, _ = SERVERS[kind]
-    # the venv's bin folder first: a stage run by a venv's python without the venv activated
-    exe = shutil.which(name, path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    name, find, missing, _ = SERVERS[kind]
+    exe = find(name, env_dir)
     if exe is None:
         raise GenerationError(missing)
     return argv(kind, exe, model, port, extra)
@@ -100,11 +125,11 @@ class ManagedServer:
     """Context manager; `base_url` is the OpenAI API root. The server's output goes to `log_path`."""
 
     def __init__(self, kind: str, model: str, log_path: Path, port: int | None = None, startup_timeout: float = 300,
-                 extra_args: list[str] | None = None, offline: bool | None = None):
+                 extra_args: list[str] | None = None, offline: bool | None = None, env_dir: str | None = None):
         self.kind, self.model, self.log_path, self.offline = kind, model, Path(log_path), offline
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
-        self.cmd = _command(kind, model, self.port, list(extra_args or []))
+        self.cmd = _command(kind, model, self.port, list(extra_args or []), env_dir)
         self.proc: subprocess.Popen | None = None
 
     @property

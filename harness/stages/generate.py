@@ -32,7 +32,7 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
             kind = rt["server_kind"]
             server = ManagedServer(kind, model, workdir / "server.log", startup_timeout=rt["startup_timeout"],
                                    extra_args=serve_args(vllm) if kind == "vllm" else None,
-                                   offline=rt.get("offline"))
+                                   offline=rt.get("offline"), env_dir=vllm.get("env") if kind == "vllm" else None)
             stack.enter_context(server)
             url = server.base_url
             served.update(pid=server.proc.pid, url=url, log=str(server.log_path.name), cmd=server.cmd)

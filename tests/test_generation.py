@@ -206,7 +206,7 @@ def test_vllm_backend_on_a_cpu_is_a_clear_error(tmp_path, suite_store, cli):
     path = _recipe(tmp_path, suite_store, syn, {"backend": "vllm", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
                    experiment="vllm")
     code, out = cli("run", path, "--only", "generate")
-    assert code == 1 and "the vllm backend needs a GPU node with the gpu extra" in " ".join(out.split())
+    assert code == 1 and "the vllm backend needs a GPU node whose job environment holds vLLM" in " ".join(out.split())
 
 
 def test_managed_server_dies_with_a_killed_stage(tmp_path, suite_store):

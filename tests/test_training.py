@@ -32,13 +32,42 @@ def metrics(plan, stage_id, partial=False):
     return [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
 
 
+def stop_training(plan, spec, after_steps: int = 12) -> tuple[int, str]:
+    """Runs the train stage and sends it SIGTERM once `after_steps` steps are logged: (its exit status, stderr)."""
+    log = plan.store.partial_dir(spec.kind, spec.digest) / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run-stage", "--plan", str(plan.path), "--stage",
+                             spec.id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < after_steps):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One uninterrupted run (and its export), shared by the tests below."""
+    """One uninterrupted run, its export and evaluation, shared by the tests below. It runs with `wandb.mode:
+    online` against a W&B that cannot be reached (its base URL a closed loopback port): W&B settings are not part
+    of any digest or result, and test_unreachable_wandb_costs_nothing_but_a_warning reads what it left."""
+    import os
+    import socket
+
     tmp = tmp_path_factory.mktemp("trained")
-    path = write_recipe(tmp / "r.yaml", tiny_recipe(tmp))
-    res = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "export"], capture_output=True,
-                         text=True)
+    r = tiny_recipe(tmp)
+    r["wandb"] = {"mode": "online", "init_timeout": 3}
+    r["eval"] = {"suite": "offline", "tasks": ["offline_arc_easy"], "limit": 8}
+    path = write_recipe(tmp / "r.yaml", r)
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+        env.update(WANDB_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}", WANDB_API_KEY="0" * 40)
+        res = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "eval"],
+                             capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return tmp, Plan.load(tmp / "runs" / "toy" / "plan.json")
 
@@ -64,19 +93,8 @@ def test_sigterm_then_resume_gives_identical_losses(tmp_path, trained):
     subprocess.run(cmd + ["--only", "blend"], check=True, capture_output=True)
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
     spec = plan.by_id("train/mixed/seed1")
-    log = plan.store.partial_dir(spec.kind, spec.digest) / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run-stage", "--plan", str(plan.path), "--stage",
-                             spec.id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 12):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 75, err[-2000:]
+    returncode, err = stop_training(plan, spec)
+    assert returncode == 75, err[-2000:]
     assert not plan.is_cached(spec), "an interrupted stage is not published"
     stopped_at = len(metrics(plan, spec.id, partial=True))
     assert 12 <= stopped_at < 39
@@ -182,19 +200,8 @@ def test_distributed_optimizer_stops_resumes_exactly_and_refuses_another_size(tm
     spec = plan.by_id("train/mixed/seed1")
     assert spec.digest == distopt.by_id("train/mixed/seed1").digest, "throughput settings do not change the result"
     partial = plan.store.partial_dir(spec.kind, spec.digest)
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run-stage", "--plan", str(plan.path), "--stage",
-                             spec.id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        log = partial / "metrics.jsonl"
-        while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 12):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 75, err[-3000:]
+    returncode, err = stop_training(plan, spec)
+    assert returncode == 75, err[-3000:]
     stopped_at = len(metrics(plan, spec.id, partial=True))
     assert 12 <= stopped_at < 39 and (partial / "INTERRUPTED").read_text() == str(stopped_at)
     assert (partial / "checkpoints" / f"step_{stopped_at:07d}" / "done").is_file(), "the stop's save completed"
@@ -311,25 +318,11 @@ if __name__ == "__main__":
     assert got["flops_per_token"] == 3 * got["mm_per_token"] + 6 * 2 * 64 * 128
 
 
-def test_unreachable_wandb_costs_nothing_but_a_warning(tmp_path):
-    """`wandb.mode: online` on nodes that cannot reach W&B (here: its base URL is a closed loopback port): training
-    and evaluation finish and publish their results, each says so in its log, and each run lands offline, ready for
+def test_unreachable_wandb_costs_nothing_but_a_warning(trained):
+    """`wandb.mode: online` on nodes that cannot reach W&B (the trained fixture's setting): training and evaluation
+    finished and published their results, each says so in its log, and each run landed offline, ready for
     `wandb sync`."""
-    import os
-    import socket
-
-    r = tiny_recipe(tmp_path)
-    r["wandb"] = {"mode": "online", "init_timeout": 3}
-    r["eval"] = {"suite": "offline", "tasks": ["offline_arc_easy"], "limit": 8}
-    path = write_recipe(tmp_path / "r.yaml", r)
-    with socket.socket() as closed:  # bound, never listening: connections are refused
-        closed.bind(("127.0.0.1", 0))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-        env.update(WANDB_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}", WANDB_API_KEY="0" * 40)
-        res = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "eval"],
-                             capture_output=True, text=True, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
+    _, plan = trained
     for sid, log in (("train/mixed/seed1", "train.log"), ("eval/mixed/seed1", "log.txt")):
         d = plan.dir(plan.by_id(sid))
         assert "W&B could not be reached" in (d / log).read_text(), sid

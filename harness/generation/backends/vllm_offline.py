@@ -20,7 +20,9 @@ class VLLMBackend(Backend):
         try:
             from vllm import LLM, SamplingParams  # noqa: F401
         except Exception as e:  # ImportError, or a CUDA-less import failure
-            raise GenerationError(f"the vllm backend needs a GPU node whose job environment holds vLLM (pip install -e '.[vllm]' in an environment of its own: vLLM pins its own torch; README: On GPU nodes); "
+            raise GenerationError(f"the vllm backend needs a GPU node whose job environment holds vLLM (pip install "
+                                  f"-e '.[vllm]' in an environment of its own: vLLM pins its own torch; README: On "
+                                  f"GPU nodes); "
                                   f"importing vllm failed: {type(e).__name__}: {str(e)[:200]}") from None
         self._sampling = SamplingParams
         # engine settings from generator.vllm (max_model_len, gpu_memory_utilization, tensor_parallel_size,

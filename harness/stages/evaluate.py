@@ -160,7 +160,8 @@ def _vllm(ctx, hf_dir, device):  # lm-eval's vLLM backend on the export: GPU nod
     try:
         import vllm  # noqa: F401
     except ImportError:
-        raise RuntimeError("eval.backend vllm needs a GPU node whose job environment holds vLLM (pip install -e '.[vllm]' in an environment of its own; README: On GPU nodes); "
+        raise RuntimeError("eval.backend vllm needs a GPU node whose job environment holds vLLM (pip install -e "
+                           "'.[vllm]' in an environment of its own; README: On GPU nodes); "
                            "use hf or megatron here") from None
     if device != "cuda":
         raise RuntimeError("eval.backend vllm needs a GPU; use hf or megatron on a CPU")

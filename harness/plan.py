@@ -72,9 +72,12 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
         files = rcp.expand_paths(c.paths)
         return files, {"format": c.format, "text_field": c.text_field}
 
-    # tokenizer
+    # continuation arms: the base imported once; its tokenizer is the run's
     tok = recipe.tokenizer
-    if tok.kind == "hf":
+    if recipe.base.from_ is not None:
+        stages.append(_base_stage(recipe, store))
+        stages.append(StageSpec("tokenizer", "tokenizer", {"kind": "base"}, {}, {"base": "base"}))
+    elif tok.kind == "hf":
         from harness.data.tokenizer import tokenizer_file
 
         path = str(tokenizer_file(tok.path))
@@ -146,7 +149,11 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {}, {"tokenizer": "tokenizer", **{s: f"tokenize/{s}" for s in mix}}))
 
     # one training run per arm and seed, then its export to a transformers folder
-    model_cfg = {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
+    continuation = recipe.base.from_ is not None
+    # a continuation's model is its base (a dependency, by digest); a scratch model is its preset's shape
+    model_cfg = {"base": True} if continuation else \
+        {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
+    base_dep = {"base": "base"} if continuation else {}
     train = rcp.to_dict(recipe.train)
     runtime_train = {k: train.pop(k) for k in RUNTIME_KEYS}  # how it runs, not what it computes: not hashed
     for arm in recipe.arms:
@@ -160,7 +167,8 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {"nproc_per_node": prof.nproc_per_node, "peak_tflops": prof.peak_tflops,
                                      "train": runtime_train, "experiment": recipe.experiment,
                                      "run_name": f"{arm.name}-seed{seed}", "wandb": rcp.to_dict(recipe.wandb)},
-                                    {"tokenizer": "tokenizer", "blend": f"blend/{arm.name}/seed{seed}", **valid_deps}))
+                                    {"tokenizer": "tokenizer", "blend": f"blend/{arm.name}/seed{seed}", **valid_deps,
+                                     **base_dep}))
             stages.append(StageSpec(f"export/{arm.name}/seed{seed}", "export", {}, {},
                                     {"train": tid, "tokenizer": "tokenizer"}))
             e = recipe.eval
@@ -172,11 +180,34 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                      "wandb": rcp.to_dict(recipe.wandb)},
                                     {"export": f"export/{arm.name}/seed{seed}", "train": tid, "suite": "suite"}))
 
+    if continuation:  # the base itself, evaluated once: what every arm's continuation starts from
+        e = recipe.eval
+        stages.append(StageSpec("eval/base", "eval", {"tasks": list(e.tasks), "limit": e.limit,
+                                                      "num_fewshot": e.num_fewshot, "backend": e.backend},
+                                {"batch_size": e.batch_size, "experiment": recipe.experiment, "arm": "base",
+                                 "seed": 0, "run_name": "base", "wandb": rcp.to_dict(recipe.wandb)},
+                                {"export": "base", "train": "base", "suite": "suite"}))
+
     digests: dict[str, str] = {}
     for spec in stages:
         spec.digest = digest(spec, {name: digests[dep] for name, dep in sorted(spec.deps.items())})
         digests[spec.id] = spec.digest
     return Plan(recipe.experiment, store, stages)
+
+
+def _base_stage(recipe: rcp.Recipe, store: Store) -> StageSpec:
+    """The base named by content (a local folder's files) or by hub name and revision."""
+    b = recipe.base
+    from harness.training.base import is_local
+
+    if is_local(b.from_):
+        files = sorted(str(p) for p in Path(b.from_).iterdir() if p.is_file())
+        source = {"files": dict(zip((Path(f).name for f in files), store.fingerprint(files)))}
+    else:
+        source = {"hub": b.from_, "revision": b.revision}
+    return StageSpec("base", "base", {"source": source, "eod_token": b.eod_token, "seq_length": recipe.data.seq_length,
+                                      "check_positions": b.check_positions, "check_tolerance": b.check_tolerance},
+                     {"from": b.from_, "revision": b.revision})
 
 
 def _ensure_index(recipe: rcp.Recipe, stages: list[StageSpec]) -> None:

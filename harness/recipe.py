@@ -22,6 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
+from harness.training.base import BaseConfig, validate_base
 from harness.training.config import TrainConfig, WandbConfig, validate_train, validate_train_for_model, validate_wandb
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -90,7 +91,9 @@ class DecontaminationConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "bpe"  # bpe: byte-level BPE trained on the corpus | hf: a tokenizer.json file or a folder holding one
+    # bpe: byte-level BPE trained on the corpus | hf: a tokenizer.json file or a folder holding one
+    # None: bpe, or - with base.from - the base's own tokenizer (continuation arms)
+    kind: Optional[str] = None
     path: Optional[str] = None
     vocab_size: int = 8192  # for kind=bpe
     train_on: list[str] = field(default_factory=list)  # corpora to train the BPE on; empty = all corpora
@@ -117,10 +120,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A Llama-style GPT (RoPE, SwiGLU, RMSNorm); presets in recipes/models/. The vocabulary comes from the
-    tokenizer (padded to a multiple of 128) unless vocab_size is given."""
+    """A Llama-style GPT (RoPE, SwiGLU, RMSNorm) trained from scratch; presets in recipes/models/. The vocabulary
+    comes from the tokenizer (padded to a multiple of 128) unless vocab_size is given. Continuation arms take the
+    model from base.from instead."""
 
-    preset: str = "???"
+    preset: str = ""  # required unless base.from is given
     num_layers: int = 2
     hidden_size: int = 128
     num_attention_heads: int = 4
@@ -199,6 +203,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     arms: list[ArmConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)  # continuation arms: every arm starts from this model
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] = field(default_factory=lambda: [1])
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -287,6 +292,9 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None, check_file
         raise RecipeError([(str(path), f"cannot parse: {str(e).splitlines()[0]}")]) from None
     if not isinstance(raw, DictConfig):
         raise RecipeError([(str(path), "a recipe is a mapping of keys to values")])
+    if isinstance(raw.get("base"), DictConfig) and "from" in raw.base:  # `from` is a Python keyword: from_ inside
+        raw.base["from_"] = raw.base.pop("from")
+    overrides = [re.sub(r"^(\s*base\.)from(\s*=)", r"\1from_\2", ov) for ov in overrides or []]
     override_cfg = OmegaConf.create()
     for ov in overrides or []:
         if "=" not in ov:
@@ -368,6 +376,13 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
     tok = recipe.tokenizer
     if tok.path and not os.path.isabs(tok.path):
         tok.path = str((base / tok.path).resolve())
+    b = recipe.base.from_
+    from harness.generation import models
+
+    if b in models.CATALOGUE:  # a catalogue model: its prepared folder
+        recipe.base.from_ = models.resolve(b)
+    elif b and (b.startswith(("./", "../", "~")) or (not os.path.isabs(b) and (base / b).exists())):
+        recipe.base.from_ = os.path.abspath(base / os.path.expanduser(b))
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -457,14 +472,18 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("decontamination.max_item_freq", "must be at least 2")
 
     tok = recipe.tokenizer
-    if tok.kind not in ("bpe", "hf"):
+    continuation = recipe.base.from_ is not None
+    if continuation and tok.kind is not None:
+        bad("tokenizer.kind", f"'{tok.kind}': continuation arms (base.from) tokenize with the base's own tokenizer; "
+                              f"remove the tokenizer section's kind")
+    elif tok.kind not in (None, "bpe", "hf"):
         bad("tokenizer.kind", f"unknown tokenizer kind '{tok.kind}' (bpe, hf)")
     if tok.kind == "hf":
         if not tok.path:
             bad("tokenizer.path", "required when tokenizer.kind is 'hf'")
         elif check_files and not (os.path.isfile(tok.path) or os.path.isfile(os.path.join(tok.path, "tokenizer.json"))):
             bad("tokenizer.path", f"no tokenizer.json at '{tok.path}'")
-    if tok.kind == "bpe" and not (256 + 1 < tok.vocab_size <= 2**31 - 1):
+    if tok.kind in (None, "bpe") and not (256 + 1 < tok.vocab_size <= 2**31 - 1):
         bad("tokenizer.vocab_size", f"{tok.vocab_size} is too small for a byte-level BPE (> 257)")
     for c in tok.train_on:
         if c not in recipe.corpora:
@@ -516,6 +535,12 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("data.tokens", f"{d.tokens:,} tokens are less than one step of {t.global_batch_size} sequences of "
                            f"{d.seq_length}")
     m = recipe.model
+    if continuation and m.preset:
+        bad("model", f"preset '{m.preset}' and base.from '{recipe.base.from_}': a continuation arm's model is its "
+                     f"base; remove the model section")
+    elif not continuation and not m.preset:
+        bad("model", "required: a preset name (recipes/models/), or base.from for continuation arms")
+    validate_base(recipe.base, d.seq_length, bad, check_files)
     if m.hidden_size % max(1, m.num_attention_heads):
         bad("model.hidden_size", f"{m.hidden_size} is not a multiple of model.num_attention_heads "
                                  f"{m.num_attention_heads}")

@@ -126,7 +126,7 @@ def main():
     from megatron.core import dist_checkpointing
     spec = json.loads(Path({str(train_dir / 'train_spec.json')!r}).read_text())
     shape = mdl.ModelShape(**spec["model"])
-    sd = export.megatron_state_dict(spec, Path({str(train_dir)!r}) / {json.loads((train_dir / 'result.json').read_text())['final_checkpoint']!r})
+    sd = export.megatron_state_dict(export.load_model(spec, Path({str(train_dir)!r}) / {json.loads((train_dir / 'result.json').read_text())['final_checkpoint']!r}))
     model, _ = mdl.build(shape, "fp32", on_cpu=True)
     model.load_state_dict(sd, strict=False)
     model.eval()

@@ -66,7 +66,8 @@ class MegatronHarnessLM(LM):
     @torch.no_grad()
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the vocabulary at the given hidden states [n, hidden]."""
-        logits, _ = self.model.output_layer(hidden.unsqueeze(1))
+        weight = self.model.shared_embedding_or_output_weight() if self.shape.tied_embeddings else None
+        logits, _ = self.model.output_layer(hidden.unsqueeze(1), weight=weight)
         return torch.log_softmax(logits.squeeze(1).float(), dim=-1)
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:

@@ -96,4 +96,4 @@ def kinds() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from harness.stages import blend, evaluate, filter, generate, passages, synthetic, tokenize, train  # noqa: F401  (registration on import)
+    from harness.stages import base, blend, evaluate, filter, generate, passages, synthetic, tokenize, train  # noqa: F401  (registration on import)

@@ -19,6 +19,12 @@ class TokenizerStage(Stage):
     def run(self, ctx: StageContext) -> dict:
         cfg, rt = ctx.spec.config, ctx.spec.runtime
         out = ctx.workdir / "tokenizer.json"
+        if cfg["kind"] == "base":  # continuation arms: the base's tokenizer and document separator
+            shutil.copyfile(ctx.inputs["base"] / "tokenizer.json", out)
+            info = describe(out, ctx.manifests["base"]["result"]["eod_token"])
+            ctx.log.info("the base's tokenizer: vocabulary %d, EOD %s (id %d)", info["vocab_size"], info["eod_token"],
+                         info["eod_id"])
+            return info
         if cfg["kind"] == "hf":
             shutil.copyfile(tokenizer_file(rt["path"]), out)
             info = describe(out, cfg["eod_token"])

@@ -38,7 +38,11 @@ class TrainStage(Stage):
         blend = ctx.manifests["blend"]["result"]
         from harness.training import model as mdl  # torch: imported where a stage runs, not where it is planned
 
-        shape = mdl.shape_from(cfg["model"], tok["vocab_size"], cfg["seq_length"])
+        if "base" in ctx.inputs:  # a continuation: the base's shape and weights
+            shape = mdl.ModelShape(**{**ctx.manifests["base"]["result"]["shape"], "seq_length": cfg["seq_length"]})
+            start = {"init": str(ctx.inputs["base"] / "checkpoint"), "base": {"hf": str(ctx.inputs["base"] / "hf-base")}}
+        else:
+            shape, start = mdl.shape_from(cfg["model"], tok["vocab_size"], cfg["seq_length"]), {}
         steps = _check_inputs(ctx, shape, blend, cfg["train"]["global_batch_size"])
         spec = {
             "workdir": str(ctx.workdir), "experiment": rt["experiment"], "run_name": rt["run_name"],
@@ -47,7 +51,7 @@ class TrainStage(Stage):
             "valid": {name[len("valid:"):]: str(ctx.inputs[name] / ctx.manifests[name]["result"]["prefix"])
                       for name in sorted(ctx.inputs) if name.startswith("valid:")},
             "tokenizer": {"path": str(ctx.inputs["tokenizer"] / "tokenizer.json"), **tok},
-            "wandb": rt["wandb"], "peak_flops_per_device": rt["peak_tflops"] * 1e12,
+            "wandb": rt["wandb"], "peak_flops_per_device": rt["peak_tflops"] * 1e12, **start,
         }
         spec_path = ctx.workdir / "train_spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-SCHEDULES = ("cosine", "wsd", "linear", "constant")
+SCHEDULES = ("cosine", "wsd", "linear", "constant", "anneal")
 RECOMPUTE = ("none", "selective", "full")
 # How a run is carried out, not what it computes: kept out of the stage digest (changing them re-runs nothing) and
 # out of the checkpoint identity (a resume may change them).
@@ -21,7 +21,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_fraction: float = 0.05
-    schedule: str = "cosine"  # cosine | wsd | linear | constant
+    # cosine | wsd | linear | constant | anneal: warmup, then linear from lr to 0 (WSD's decay phase, for
+    # continuation arms; min_lr does not apply)
+    schedule: str = "cosine"
     wsd_decay_fraction: float = 0.2  # for wsd: the share of steps spent decaying
     weight_decay: float = 0.1
     adam_beta1: float = 0.9

@@ -140,8 +140,9 @@ class Trainer:
                                                   overlap_grad_reduce=bool(tr.get("overlap_grad_reduce")),
                                                   overlap_param_gather=overlap_gather,
                                                   use_distributed_optimizer=self.distopt), model)
+        min_lr = 0.0 if tr["schedule"] == "anneal" else tr["min_lr"]  # an anneal decays to zero
         self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=tr["lr"], min_lr=tr["min_lr"], weight_decay=tr["weight_decay"],
+            OptimizerConfig(optimizer="adam", lr=tr["lr"], min_lr=min_lr, weight_decay=tr["weight_decay"],
                             adam_beta1=tr["adam_beta1"], adam_beta2=tr["adam_beta2"], adam_eps=1e-8,
                             clip_grad=tr["clip_grad"], bf16=tr["precision"] == "bf16",
                             params_dtype=torch.bfloat16 if tr["precision"] == "bf16" else torch.float32,
@@ -155,9 +156,10 @@ class Trainer:
         config.grad_scale_func = self.optimizer.scale_loss
         self.steps = spec["steps"]
         warmup = int(round(tr["warmup_fraction"] * self.steps))
-        style = {"cosine": "cosine", "wsd": "WSD", "constant": "constant", "linear": "linear"}[tr["schedule"]]
+        style = {"cosine": "cosine", "wsd": "WSD", "constant": "constant", "linear": "linear",
+                 "anneal": "linear"}[tr["schedule"]]
         self.scheduler = OptimizerParamScheduler(
-            self.optimizer, init_lr=0.0, max_lr=tr["lr"], min_lr=tr["min_lr"], lr_warmup_steps=warmup,
+            self.optimizer, init_lr=0.0, max_lr=tr["lr"], min_lr=min_lr, lr_warmup_steps=warmup,
             lr_decay_steps=self.steps, lr_decay_style=style, start_wd=tr["weight_decay"],
             end_wd=tr["weight_decay"], wd_incr_steps=self.steps, wd_incr_style="constant",
             wsd_decay_steps=max(1, int(round(tr["wsd_decay_fraction"] * self.steps))) if style == "WSD" else None,
@@ -249,13 +251,24 @@ class Trainer:
     def identity(self) -> dict:
         """What a checkpoint must agree with to be resumed by this run. The distributed optimizer's checkpoints
         (dp_reshardable) hold one shard per data-parallel rank: they resume only at the same data-parallel size."""
-        ident = {"model": self.spec["model"], "train": {k: v for k, v in self.spec["train"].items()
+        ident = {"model": self.spec["model"], "init": self.spec.get("init"), "train": {k: v for k, v in self.spec["train"].items()
                                                         if k not in RUNTIME_KEYS and k != "eval_interval"},
                  "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}, "seed": self.spec["seed"],
                  "steps": self.steps}
         if self.distopt:
             ident["data_parallel_size"] = self.world
         return ident
+
+    def _load_base(self, path: Path) -> None:
+        """A continuation arm starts from its base's weights (a model-only checkpoint of the base stage) with a
+        fresh optimizer; the optimizer's own copies of the parameters (bf16's fp32 main weights, the distributed
+        optimizer's shards) are refreshed from the loaded model, as Megatron-LM does when it loads no optimizer."""
+        from megatron.core import dist_checkpointing
+
+        state = dist_checkpointing.load({"model": self.model.module.sharded_state_dict()}, str(path))
+        self.model.module.load_state_dict(state["model"])
+        self.optimizer.reload_model_params()
+        self._say(f"continuing from the base's weights in {path}")
 
     def _log(self, record: dict) -> None:
         if self.rank == 0:
@@ -287,6 +300,8 @@ class Trainer:
             if self.rank == 0 and self.log_path.exists():  # drop records past the checkpoint (a lost tail)
                 kept = [l for l in self.log_path.read_text().splitlines() if json.loads(l)["step"] <= start]
                 self.log_path.write_text("".join(l + "\n" for l in kept))
+        elif self.spec.get("init"):
+            self._load_base(Path(self.spec["init"]))
         self.wandb = self._init_wandb() if self.rank == 0 else None
         interrupt = Interrupt()
         seq = self.shape.seq_length

@@ -1,13 +1,17 @@
-"""Llama-style GPT models built with megatron.core: RoPE, SwiGLU, RMSNorm, no biases, untied embeddings.
+"""Llama-style GPT models built with megatron.core: RoPE, SwiGLU, RMSNorm.
 
-A preset (recipes/models/*.yaml) gives the shape; the vocabulary comes from the recipe's tokenizer, padded up to a
-multiple of `vocab_multiple` as Megatron does for efficient matmuls (the extra rows are never targets).
+A preset (recipes/models/*.yaml) gives the shape of a model trained from scratch (no biases, untied embeddings); the
+vocabulary comes from the recipe's tokenizer, padded up to a multiple of `vocab_multiple` as Megatron does for
+efficient matmuls (the extra rows are never targets). A continuation arm takes its shape from the pretrained base
+(harness/training/hf_convert.py), with the features its architecture uses: a head size other than hidden/heads,
+bias on q/k/v, per-head QK-norm, tied embeddings, Llama 3's RoPE scaling.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,20 +29,26 @@ class ModelShape:
     rotary_base: float = 10000.0
     norm_epsilon: float = 1e-5
     init_method_std: float = 0.02
+    kv_channels: Optional[int] = None  # the head size, when it is not hidden / heads (Qwen3)
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    tied_embeddings: bool = False
+    rope_scaling_factor: Optional[float] = None  # Llama 3's RoPE scaling
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
 
     def parameters(self) -> int:
-        h, f, v, L = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers
-        kv = self.num_query_groups * self.head_dim
-        per_layer = h * (h + 2 * kv) + h * h + 3 * h * f + 2 * h
-        return L * per_layer + 2 * v * h + h
+        h, f, v, L, hd = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers, self.head_dim
+        q, kv = self.num_attention_heads * hd, self.num_query_groups * hd
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h
+        per_layer += (q + 2 * kv) * self.qkv_bias + 2 * hd * self.qk_norm
+        return L * per_layer + (1 if self.tied_embeddings else 2) * v * h + h
 
     def matmul_parameters(self) -> int:
-        """Weights that take part in a matrix multiplication: every linear layer and the output layer; not the
-        input embedding (a lookup) nor the norms (element-wise)."""
+        """Weights that take part in a matrix multiplication: every linear layer and the output layer (also when it
+        shares the embedding's weights); not the input embedding (a lookup) nor the norms and biases (element-wise)."""
         h, f, v, L = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers
         q, kv = self.num_attention_heads * self.head_dim, self.num_query_groups * self.head_dim
         return L * (h * (q + 2 * kv) + q * h + 3 * h * f) + v * h
@@ -96,22 +106,23 @@ def transformer_config(shape: ModelShape, precision: str, on_cpu: bool, recomput
         num_query_groups=shape.num_query_groups, ffn_hidden_size=shape.ffn_hidden_size,
         normalization="RMSNorm", layernorm_epsilon=shape.norm_epsilon, gated_linear_unit=True,
         activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
-        init_method_std=shape.init_method_std, bf16=precision == "bf16",
+        init_method_std=shape.init_method_std, bf16=precision == "bf16", kv_channels=shape.head_dim,
+        add_qkv_bias=shape.qkv_bias, qk_layernorm=shape.qk_norm,
         params_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
         pipeline_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
         **recompute_settings(recompute, recompute_num_layers), **cpu)
 
 
-def layer_spec(use_te: bool):
+def layer_spec(use_te: bool, qk_norm: bool = False):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     if use_te:  # GPU nodes with transformer-engine: its fused layers, same math
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm)
     from harness.training.attention import SDPAttention
 
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_norm)
     spec.submodules.self_attention.submodules.core_attention = SDPAttention  # torch's fused attention kernels
     return spec
 
@@ -129,8 +140,10 @@ def build(shape: ModelShape, precision: str = "fp32", on_cpu: bool = True, recom
     from megatron.core.models.gpt import GPTModel
 
     config = transformer_config(shape, precision, on_cpu, recompute, recompute_num_layers)
-    model = GPTModel(config=config, transformer_layer_spec=layer_spec(not on_cpu and te_available()),
+    model = GPTModel(config=config, transformer_layer_spec=layer_spec(not on_cpu and te_available(), shape.qk_norm),
                      vocab_size=shape.vocab_size, max_sequence_length=shape.seq_length, pre_process=True,
-                     post_process=True, share_embeddings_and_output_weights=False, position_embedding_type="rope",
-                     rotary_base=int(shape.rotary_base))
+                     post_process=True, share_embeddings_and_output_weights=shape.tied_embeddings,
+                     position_embedding_type="rope", rotary_base=int(shape.rotary_base),
+                     rope_scaling=shape.rope_scaling_factor is not None,
+                     rope_scaling_factor=shape.rope_scaling_factor or 8.0)
     return model, config

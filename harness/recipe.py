@@ -515,6 +515,9 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
             bad(f"{key}.name", f"'{arm.name}' is not a valid arm name")
         if arm.name in seen:
             bad(f"{key}.name", f"duplicate arm name '{arm.name}'")
+        if arm.name == "base" and recipe.base.from_ is not None:
+            bad(f"{key}.name", "'base' names the base model's own row in a continuation's report; name the arm "
+                "otherwise")
         seen.add(arm.name)
         if not arm.mix:
             bad(f"{key}.mix", "an arm mixes at least one source")
@@ -530,7 +533,6 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
             bad(f"{key}.mix", f"shares of arm '{arm.name}' sum to {total:.6g}, not 1")
     t = recipe.train
     validate_train(t, bad)
-    validate_train_for_model(t, recipe.model.num_layers, bad)
     if not _bad_number(d.tokens) and d.tokens > 0 and d.tokens < d.seq_length * t.global_batch_size:
         bad("data.tokens", f"{d.tokens:,} tokens are less than one step of {t.global_batch_size} sequences of "
                            f"{d.seq_length}")
@@ -540,7 +542,9 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                      f"base; remove the model section")
     elif not continuation and not m.preset:
         bad("model", "required: a preset name (recipes/models/), or base.from for continuation arms")
-    validate_base(recipe.base, d.seq_length, bad, check_files)
+    base_shape = validate_base(recipe.base, d.seq_length, bad, check_files)
+    if not continuation or base_shape is not None:  # a hub base's layers are checked by the train stage
+        validate_train_for_model(t, base_shape.num_layers if continuation else m.num_layers, bad)
     if m.hidden_size % max(1, m.num_attention_heads):
         bad("model.hidden_size", f"{m.hidden_size} is not a multiple of model.num_attention_heads "
                                  f"{m.num_attention_heads}")

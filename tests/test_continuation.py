@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -246,6 +247,36 @@ def test_megatron_backend_scores_the_tied_base_like_hf(continued, cli):
         assert max(abs(x - y) for x, y in zip(a["loglik"], b["loglik"])) <= 1e-4, (a, b)
 
 
+def test_report_shows_the_base_and_what_continuation_added(continued, cli):
+    """The base's single evaluation is a row of every table and the reference of the `vs base` tables: each arm's
+    delta against it, paired by item, the base contributing no seed resampling."""
+    from harness.report import stats
+
+    tmp, _, plan = continued
+    code, out = cli("report", tmp / "cont.yaml")
+    assert code == 0, out[-3000:]
+    rep = plan.store.root / plan.experiment / "report"
+    res = json.loads((rep / "results.json").read_text())
+    base_acc = json.loads((plan.dir(plan.by_id("eval/base")) / "manifest.json").read_text())["result"]["tasks"]
+    assert res["base"]["values"]["acc"]["offline_arc_easy"] == pytest.approx(base_acc["offline_arc_easy"]["acc"])
+    arm_acc = res["values"]["acc"]["mixed"]["offline_arc_easy"]
+    got = res["comparisons"]["acc_vs_base"]["mixed"]["offline_arc_easy"]
+    assert got["delta"] == pytest.approx(arm_acc - res["base"]["values"]["acc"]["offline_arc_easy"])
+
+    def scores(sid):
+        lines = (plan.dir(plan.by_id(sid)) / "samples" / "offline_arc_easy.jsonl").read_text().splitlines()
+        return np.array([[json.loads(l)["gold_bpb"] for l in lines]])
+
+    want = stats.compare({"t": scores("eval/mixed/seed1")}, {"t": scores("eval/base")}, n_boot=2000)[0]
+    got = res["comparisons"]["gold_bpb_vs_base"]["mixed"]["offline_arc_easy"]
+    assert (got["low"], got["high"]) == pytest.approx((want.low, want.high))
+    assert got["low"] < got["delta"] < got["high"]
+    md = (rep / "report.md").read_text()
+    assert "| base (before continuation) |" in md and "against `base`" in md and "no training seeds" in md
+    assert (rep / "acc_vs_base.tex").is_file()
+    assert "| base (before continuation) |" in (rep / "acc_vs_mixed.md").read_text()
+
+
 def test_continuation_resumes_exactly(continued):
     from test_training import stop_training
 
@@ -279,6 +310,9 @@ def test_recipe_errors_for_continuation(tmp_path, cli):
         ({"base": {"from": str(tmp_path / "nowhere")}}, "no config.json"),
         ({"base": {"from": str(base), "eod_token": "<nope>"}}, "no token '<nope>'"),
         ({"data": {**r["data"], "seq_length": 1024}}, "longer than the base's max_position_embeddings 512"),
+        ({"arms": [{"name": "base", "mix": {"web": 1.0}}], "report": {"baseline": "base"}}, "the base model's own row"),
+        # the base's 2 layers, not a preset's
+        ({"train": {**r["train"], "recompute": "full", "recompute_num_layers": 3}}, "does not divide the model's 2"),
     ]:
         code, out = cli("validate", write_recipe(tmp_path / "bad.yaml", {**r, **change}))
         assert code == 2 and needle in " ".join(out.split()), (change, out)

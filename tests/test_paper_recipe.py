@@ -137,3 +137,53 @@ def test_paper_suite_refuses_generation_tasks(suite_store, tmp_path):
     with pytest.raises(lm_eval_suite.SuiteError, match="no task or group 'no_such_task'"):
         lm_eval_suite.build("x", {"tasks": {"a": "no_such_task"}, "groups": {}}, tmp_path / "s", tmp_path / "s",
                             include_path=str(tmp_path))
+
+
+CONTINUATION = REPO / "recipes" / "nemotron_continuation.yaml"
+
+
+def test_continuation_recipe_misses_only_the_cluster_corpus(cli):
+    """Its hub base is not read at validation (no config.json at hand offline): the base stage checks it first."""
+    code, out = cli("validate", CONTINUATION)
+    flat = " ".join(out.split())
+    assert code == 2
+    assert flat.count("error:") == 1 and "corpora.replay.paths: no file matches '/data/corpora" in flat, out
+
+
+def test_continuation_recipe_plans_and_renders_the_papers_design(tmp_path, cli):
+    """Continuation of a hub base on a replay corpus: the base imported first on a CPU node, every arm and seed
+    training from it on two 8-GPU nodes, the base evaluated once; its synthetic sets are the from-scratch paper
+    recipe's (same digests: generated once in a shared store)."""
+    from harness import recipe as rcp
+    from harness.plan import build
+    from harness.store import Store
+
+    pq.write_table(pa.table({"text": make_docs(3000, seed=3)}), tmp_path / "web.parquet")
+    args = [f"corpora.replay.paths=[{tmp_path / 'web.parquet'}]", "data.tokens=2000000", f"store={tmp_path / 'runs'}"]
+    assert cli("validate", CONTINUATION, *args)[0] == 0
+    code, out = cli("submit", CONTINUATION, *args, "--dry-run")
+    assert code == 0 and "would submit" in out, out[-3000:]
+    plan = Plan.load(tmp_path / "runs" / "nemotron_continuation" / "plan.json")
+    base = plan.by_id("base")
+    assert base.config["source"] == {"hub": "Qwen/Qwen2.5-1.5B", "revision": "main"}
+    assert plan.by_id("tokenizer").deps == {"base": "base"}
+    trains = [s for s in plan.stages if s.kind == "train"]
+    assert len(trains) == 18 and all(s.deps["base"] == "base" and s.config["model"] == {"base": True} for s in trains)
+    assert {s.config["train"]["schedule"] for s in trains} == {"anneal"}
+    assert plan.by_id("eval/base").deps["export"] == "base"
+    paper = rcp.load(RECIPE, [f"corpora.web.paths=[{tmp_path / 'web.parquet'}]", "data.tokens=2000000",
+                              f"store={tmp_path / 'runs'}"])
+    pp = build(paper, Store(paper.store))
+    for sid in ("seeds/taskqa", "passages/taskqa", "generate/taskqa/shard5", "filter/taskqa",
+                "generate/unseeded/shard0", "filter/unseeded"):
+        assert plan.by_id(sid).digest == pp.by_id(sid).digest, sid
+    dry = tmp_path / "runs" / "nemotron_continuation" / "slurm" / "dry-run"
+    scripts = {p.stem: p.read_text() for p in sorted(dry.glob("*.sbatch"))}
+    base_job = next(s for k, s in scripts.items() if k.endswith("-base"))
+    assert "--partition=cpu" in _directives(base_job) and not any(d.startswith("--gpus") for d in _directives(base_job))
+    train_jobs = [s for k, s in scripts.items() if k.endswith("train")]
+    assert sum(t.count("  train/") for t in train_jobs) == 18
+    assert all({"--nodes=2", "--gpus-per-node=8"} <= _directives(t) for t in train_jobs)
+    # every job downstream of the base waits for it: the tokenizer, and through it every training run
+    tok = next(s for k, s in scripts.items() if k.endswith("tokenizer"))
+    assert "--dependency=afterok:JOB0 " in tok and "  base\n" in base_job

@@ -38,6 +38,7 @@ class ArmData:
     tokens_by_source: dict[str, float] = field(default_factory=dict)  # mean over seeds
     evaluated: dict[str, set] = field(default_factory=dict)  # task -> ids of the evaluated items
     mix: dict[str, float] = field(default_factory=dict)
+    item_ids: dict[str, list] = field(default_factory=dict)  # task -> the evaluated items' doc_ids, in order
 
 
 def _short(task: str) -> str:
@@ -46,6 +47,38 @@ def _short(task: str) -> str:
         if task.startswith(suite + "_"):
             return task[len(suite) + 1:]
     return task
+
+
+BASE = "base"  # the report's row for a continuation's base model (an arm may not take the name)
+
+
+def _samples(plan: Plan, sid: str) -> dict[str, list[dict]]:
+    folder = plan.dir(plan.by_id(sid)) / "samples"
+    return {f.stem: [json.loads(l) for l in f.read_text().splitlines()] for f in sorted(folder.glob("*.jsonl"))}
+
+
+def collect_base(plan: Plan, arms: dict[str, ArmData]) -> ArmData | None:
+    """A continuation's base model, evaluated once (stage eval/base), as a one-"seed" row on the same items as the
+    arms; None for from-scratch recipes."""
+    if not any(s.id == "eval/base" for s in plan.stages):
+        return None
+    if not plan.is_cached(plan.by_id("eval/base")):
+        raise ReportError("cannot build the report:\n  the base model: no evaluation yet (stage eval/base has not "
+                          "run)")
+    per_task = _samples(plan, "eval/base")
+    ref = next(iter(arms.values()))
+    if set(per_task) != set(ref.scores["acc"]):
+        raise ReportError(f"the base model and arm '{ref.name}' were evaluated on different tasks: "
+                          f"{sorted(set(per_task) ^ set(ref.scores['acc']))}")
+    data = ArmData(BASE, [0])
+    for metric in METRICS:
+        data.scores[metric] = {}
+        for t, recs in sorted(per_task.items()):
+            if len(recs) != ref.scores[metric][t].shape[1] or \
+                    [r["doc_id"] for r in recs] != ref.item_ids[t]:
+                raise ReportError(f"task {t}: the base model was evaluated on other items than arm '{ref.name}'")
+            data.scores[metric][t] = np.array([[r[metric] for r in recs]], dtype=np.float64)
+    return data
 
 
 def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
@@ -60,9 +93,7 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
             if not plan.is_cached(spec):
                 problems.append(f"arm '{arm['name']}' seed {seed}: no evaluation yet (stage {sid} has not run)")
                 continue
-            folder = plan.dir(spec) / "samples"
-            per_seed.append({f.stem: [json.loads(l) for l in f.read_text().splitlines()]
-                             for f in sorted(folder.glob("*.jsonl"))})
+            per_seed.append(_samples(plan, sid))
             tr = plan.by_id(f"train/{arm['name']}/seed{seed}")
             for src, n in plan.store.manifest(tr.kind, tr.digest)["result"]["tokens_by_source"].items():
                 data.tokens_by_source[src] = data.tokens_by_source.get(src, 0.0) + n / len(recipe["seeds"])
@@ -82,6 +113,7 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
                     continue
                 data.scores[metric][t] = np.array([[r[metric] for r in s[t]] for s in per_seed], dtype=np.float64)
                 data.evaluated[t] = {r["id"] for r in per_seed[0][t] if r.get("id")}
+                data.item_ids[t] = ids
         arms[arm["name"]] = data
     if problems:
         raise ReportError("cannot build the report:\n  " + "\n  ".join(problems))
@@ -119,6 +151,9 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
         if who not in names:
             raise ReportError(f"report: no arm named '{who}' (arms: {', '.join(names)})")
     arms = collect(plan, recipe)
+    base = collect_base(plan, arms)
+    refs = [baseline, *controls] + ([BASE] if base else [])
+    rows_of = {**arms, **({BASE: base} if base else {})}
     suite = yaml.safe_load((Path(__file__).resolve().parents[2] / "evals" / f"{recipe['eval']['suite']}.yaml")
                            .read_text())
     prefix = recipe["eval"]["suite"] + "_"
@@ -131,7 +166,7 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
     tables_md, rows_csv = [], []
     for metric, (label, higher, scale) in METRICS.items():
         values = {}
-        for a in arms.values():
+        for a in rows_of.values():
             per_task = {t: float(a.scores[metric][t].mean()) for t in tasks}
             for g, members in groups.items():
                 ms = [per_task[t] for t in members if t in per_task]
@@ -140,12 +175,12 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
             per_task["average"] = float(np.mean([per_task[t] for t in tasks]))
             values[a.name] = per_task
         results["values"][metric] = values
-        for ref in [baseline, *controls]:
+        for ref in refs:
             deltas = {}
             for a in arms.values():
                 if a.name == ref:
                     continue
-                ds = stats.compare(a.scores[metric], arms[ref].scores[metric], n_boot=n_boot, groups=groups)
+                ds = stats.compare(a.scores[metric], rows_of[ref].scores[metric], n_boot=n_boot, groups=groups)
                 deltas[a.name] = {d.task: d for d in ds}
                 for d in ds:
                     rows_csv.append({"metric": metric, "arm": a.name, "reference": ref, "task": _short(d.task),
@@ -155,7 +190,8 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
             results["comparisons"][f"{metric}_vs_{ref}"] = {
                 arm: {t: {"delta": d.estimate, "low": d.low, "high": d.high, "significant": d.significant}
                       for t, d in ds_.items()} for arm, ds_ in deltas.items()}
-            md, tex = _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, len(recipe["seeds"]))
+            md, tex = _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, len(recipe["seeds"]),
+                              with_base=base is not None)
             stem = f"{metric}_vs_{ref}"
             (out / f"{stem}.md").write_text(md)
             (out / f"{stem}.tex").write_text(tex)
@@ -175,17 +211,19 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
         w = csv.DictWriter(f, fieldnames=list(rows_csv[0]) if rows_csv else ["metric"])
         w.writeheader()
         w.writerows(rows_csv)
+    results["base"] = None if base is None else {"evaluated": "once", "values": {m: results["values"][m][BASE]
+                                                                                 for m in METRICS}}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from harness.report import plots
 
     plots.write_all(plan, recipe, arms, results, out, groups)
     report_md = (f"# {plan.experiment}\n\n{len(recipe['seeds'])} training seed(s) per arm; 95% intervals from a paired "
                  f"bootstrap over items and seeds ({n_boot} replicates); bold: significantly better, italic: "
-                 f"significantly worse than the reference.\n\n" + "\n\n".join(tables_md) + "\n\n" + tokens_md +
-                 "\n" + con_md)
+                 f"significantly worse than the reference.{BASE_NOTE if base else ''}\n\n" +
+                 "\n\n".join(tables_md) + "\n\n" + tokens_md + "\n" + con_md)
     (out / "report.md").write_text(report_md)
     if (recipe.get("wandb") or {}).get("mode", "disabled") != "disabled":
-        _log_wandb(recipe, plan.experiment, arms, rows_csv, out)
+        _log_wandb(recipe, plan.experiment, rows_of, rows_csv, out)
     return results
 
 
@@ -213,7 +251,15 @@ def _log_wandb(recipe: dict, experiment: str, arms: dict[str, ArmData], rows: li
     run.finish()
 
 
-def _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, n_seeds) -> tuple[str, str]:
+# how the base's single evaluation enters the comparisons (README: "Continuation arms")
+BASE_NOTE = (" Every arm continues the same base model, shown in each table as `base` (evaluated once, before "
+             "any continuation). It has no training seeds: it is one fixed model, not a draw of a training run, so "
+             "against it (the `vs base` tables: what continuation added) a replicate resamples the items, paired, "
+             "and the arm's seeds only; the interval holds the item noise and the arm's seed noise.")
+
+
+def _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, n_seeds,
+            with_base: bool = False) -> tuple[str, str]:
     head = [_short(c) for c in columns]
     arrow = "higher is better" if higher else "lower is better"
     md = [f"### {label} ({arrow}), against `{ref}`", "", "| arm | " + " | ".join(head) + " |",
@@ -221,9 +267,13 @@ def _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, n_
     tex = [r"\begin{table}[t]", r"\centering", r"\small",
            r"\begin{tabular}{l" + "r" * len(head) + "}", r"\toprule",
            "Arm & " + " & ".join(h.replace("_", r"\_") for h in head) + r" \\", r"\midrule"]
-    for name in [ref] + [a for a in arms if a != ref]:
-        cells = [_cell(values[name][c], None if name == ref else deltas[name][c], scale, higher) for c in columns]
-        md.append(f"| {name}{' (reference)' if name == ref else ''} | " + " | ".join(c[0] for c in cells) + " |")
+    # the base's row leads every table of a continuation: value only, unless it is the reference
+    order = ([BASE] if with_base and ref != BASE else []) + [ref] + [a for a in arms if a != ref]
+    for name in order:
+        cells = [_cell(values[name][c], deltas[name][c] if name in deltas else None, scale, higher)
+                 for c in columns]
+        tag = " (reference)" if name == ref else " (before continuation)" if name == BASE else ""
+        md.append(f"| {name}{tag} | " + " | ".join(c[0] for c in cells) + " |")
         tex.append(name.replace("_", r"\_") + " & " + " & ".join(c[1] for c in cells) + r" \\")
     tex += [r"\bottomrule", r"\end{tabular}",
             f"\\caption{{{label.capitalize()} ({arrow}) against {ref.replace('_', chr(92) + '_')}: value, delta "

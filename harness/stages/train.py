@@ -28,6 +28,17 @@ def _check_inputs(ctx: StageContext, shape, blend: dict, gbs: int) -> int:
     return steps
 
 
+def _check_for_model(train: dict, num_layers: int) -> None:
+    from types import SimpleNamespace
+
+    from harness.training.config import TrainConfig, validate_train_for_model
+
+    def refuse(key: str, message: str):
+        raise ValueError(f"{key}: {message}")
+
+    validate_train_for_model(SimpleNamespace(**{**TrainConfig().__dict__, **train}), num_layers, refuse)
+
+
 @register
 class TrainStage(Stage):
     kind = "train"
@@ -41,6 +52,7 @@ class TrainStage(Stage):
         if "base" in ctx.inputs:  # a continuation: the base's shape and weights
             shape = mdl.ModelShape(**{**ctx.manifests["base"]["result"]["shape"], "seq_length": cfg["seq_length"]})
             start = {"init": str(ctx.inputs["base"] / "checkpoint"), "base": {"hf": str(ctx.inputs["base"] / "hf-base")}}
+            _check_for_model(rt["train"], shape.num_layers)  # a hub base's layers were unknown at validation
         else:
             shape, start = mdl.shape_from(cfg["model"], tok["vocab_size"], cfg["seq_length"]), {}
         steps = _check_inputs(ctx, shape, blend, cfg["train"]["global_batch_size"])

@@ -39,11 +39,12 @@ def is_local(name: str) -> bool:
     return looks_like_path(name)
 
 
-def validate_base(b: BaseConfig, seq_length: int, bad: Callable[[str, str], None], check_files: bool) -> None:
+def validate_base(b: BaseConfig, seq_length: int, bad: Callable[[str, str], None], check_files: bool):
     """A local base is read here (its config.json): an unsupported architecture is refused before any work. A hub
-    base is checked by the base stage, the first stage of the plan, before any training."""
+    base is checked by the base stage, the first stage of the plan, before any training. Returns the local base's
+    ModelShape when it could be read, else None."""
     if b.from_ is None:
-        return
+        return None
     if b.check_positions < 8:
         bad("base.check_positions", "check at least 8 positions")
     if not 0 < b.check_tolerance <= 1:
@@ -56,8 +57,9 @@ def validate_base(b: BaseConfig, seq_length: int, bad: Callable[[str, str], None
     if not (folder / "config.json").is_file():
         bad("base.from", f"no config.json in '{folder}' (a transformers model folder)")
         return
+    shape = None
     try:
-        check_architecture(read_config(folder), seq_length)
+        shape = check_architecture(read_config(folder), seq_length)
     except ValueError as e:
         bad("base.from", f"{folder}: {e}")
     if not list(folder.glob("*.safetensors")) and not list(folder.glob("pytorch_model*.bin")):
@@ -69,6 +71,7 @@ def validate_base(b: BaseConfig, seq_length: int, bad: Callable[[str, str], None
         eod_token(folder, b.eod_token)
     except ValueError as e:
         bad("base.eod_token", str(e))
+    return shape
 
 
 def check_architecture(config: dict, seq_length: int):

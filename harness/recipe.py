@@ -23,7 +23,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
 from harness.training.base import BaseConfig, validate_base
-from harness.training.config import TrainConfig, WandbConfig, validate_train, validate_train_for_model, validate_wandb
+from harness.training.config import (TrainConfig, WandbConfig, validate_parallel, validate_train,
+                                     validate_train_for_model, validate_wandb)
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -543,8 +544,21 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
     elif not continuation and not m.preset:
         bad("model", "required: a preset name (recipes/models/), or base.from for continuation arms")
     base_shape = validate_base(recipe.base, d.seq_length, bad, check_files)
-    if not continuation or base_shape is not None:  # a hub base's layers are checked by the train stage
-        validate_train_for_model(t, base_shape.num_layers if continuation else m.num_layers, bad)
+    if not continuation or base_shape is not None:  # a hub base's shape is checked by the train stage
+        s_ = base_shape if continuation else m
+        validate_train_for_model(t, s_.num_layers, bad, s_.num_attention_heads,
+                                 s_.num_query_groups or s_.num_attention_heads,
+                                 getattr(s_, "ffn_hidden_size", None) or 0, getattr(s_, "vocab_size", None) or 0)
+    pr = recipe.profile
+    if pr.nproc_per_node >= 1 and t.tensor_parallel >= 1:
+        if pr.nproc_per_node % t.tensor_parallel:
+            bad("train.tensor_parallel", f"{t.tensor_parallel} does not divide profile.nproc_per_node "
+                                         f"{pr.nproc_per_node}: a layer's shards stay within one node")
+        else:
+            from harness.executors.slurm import resources
+
+            nodes = (resources(pr, "train").nodes or 1) if pr.executor == "slurm" else 1
+            validate_parallel(t, pr.nproc_per_node * nodes, bad)
     if m.hidden_size % max(1, m.num_attention_heads):
         bad("model.hidden_size", f"{m.hidden_size} is not a multiple of model.num_attention_heads "
                                  f"{m.num_attention_heads}")

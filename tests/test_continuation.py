@@ -202,15 +202,19 @@ def _metrics(plan, stage_id):
     return [json.loads(l) for l in (plan.dir(plan.by_id(stage_id)) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_continuation_at_lr_zero_exports_the_base_itself(continued, cli):
+def test_continuation_at_lr_zero_exports_the_base_itself(continued):
     """At learning rate 0 a continuation changes nothing: its export is the base, weight for weight - the arm's
-    training really starts from the base's weights, and the export really returns to its architecture."""
+    training really starts from the base's weights, and the export really returns to its architecture. Run on two
+    tensor-parallel ranks: the base's one-process checkpoint loads into each rank's shards, and the run's sharded
+    checkpoint reshards into the one-process export, both exactly."""
     from transformers import AutoModelForCausalLM
 
     tmp, r, _ = continued
-    path = write_recipe(tmp / "lr0.yaml", {**r, "train": {**r["train"], "lr": 0.0}})
-    code, out = cli("run", path, "--only", "export")
-    assert code == 0, out[-3000:]
+    path = write_recipe(tmp / "lr0.yaml", {**r, "experiment": "lr0", "profile": {"name": "local", "nproc_per_node": 2},
+                                           "train": {**r["train"], "lr": 0.0, "tensor_parallel": 2}})
+    res = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "export"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
     recipe = rcp.load(path)
     from harness import plan as pl
     from harness.store import Store
@@ -219,6 +223,8 @@ def test_continuation_at_lr_zero_exports_the_base_itself(continued, cli):
     arm = AutoModelForCausalLM.from_pretrained(plan.dir(plan.by_id("export/mixed/seed1")) / "hf", dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(tmp / "base", dtype=torch.float32)
     assert all(torch.equal(v, arm.state_dict()[k]) for k, v in base.state_dict().items())
+    result = json.loads((plan.dir(plan.by_id("train/mixed/seed1")) / "result.json").read_text())
+    assert result["tensor_parallel"] == 2 and result["world_size"] == 2
 
 
 def test_megatron_backend_scores_the_tied_base_like_hf(continued, cli):
@@ -227,7 +233,7 @@ def test_megatron_backend_scores_the_tied_base_like_hf(continued, cli):
     tmp, r, plan = continued
     # our backend's context is data.seq_length, hf's the export's max_position_embeddings (512): the same here,
     # so that neither truncates (ARC-Easy items reach ~290 tokens of this BPE)
-    path = write_recipe(tmp / "mg.yaml", {**r, "eval": {**r["eval"], "backend": "megatron"},
+    path = write_recipe(tmp / "mg.yaml", {**r, "experiment": "mg", "eval": {**r["eval"], "backend": "megatron"},
                                           "data": {**r["data"], "seq_length": 512}})
     code, out = cli("run", path, "--only", "eval/base")
     assert code == 0, out[-3000:]

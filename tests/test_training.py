@@ -222,6 +222,47 @@ def test_distributed_optimizer_stops_resumes_exactly_and_refuses_another_size(tm
     assert kept == ["step_0000030", "step_0000039"], "background saves completed and pruned to keep_last"
 
 
+def test_tensor_parallel_on_two_gloo_ranks_matches_one_rank(tmp_path, trained):
+    """train.tensor_parallel 2 on two ranks: each holds half of every layer (megatron's tensor-parallel layers on
+    gloo); both read the same batches (one data-parallel replica); a CPU initialises the full weights and splits
+    them, so the run starts from the one-rank model and its losses follow the one-rank run's. Its checkpoint
+    (two shards per layer) reshards into the one-process export."""
+    from transformers import LlamaForCausalLM
+
+    _, ref_plan = trained
+    r = tiny_recipe(tmp_path, tensor_parallel=2)
+    r["profile"] = {"name": "local", "nproc_per_node": 2}
+    res = subprocess.run([sys.executable, "-m", "harness", "run", str(write_recipe(tmp_path / "r.yaml", r)),
+                          "--only", "export"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
+    train_dir = plan.dir(plan.by_id("train/mixed/seed1"))
+    result = json.loads((train_dir / "result.json").read_text())
+    assert result["world_size"] == 2 and result["tensor_parallel"] == 2
+    got, want = metrics(plan, "train/mixed/seed1"), metrics(ref_plan, "train/mixed/seed1")
+    np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in want], rtol=2e-4)
+    np.testing.assert_allclose(got[-1]["valid/web"], want[-1]["valid/web"], rtol=2e-4)
+    x = torch.randint(0, 500, (2, 64), generator=torch.Generator().manual_seed(0))
+    logits = []
+    for p in (plan, ref_plan):
+        hf = LlamaForCausalLM.from_pretrained(p.dir(p.by_id("export/mixed/seed1")) / "hf", dtype=torch.float32)
+        with torch.no_grad():
+            logits.append(hf.eval()(x).logits)
+    assert (logits[0] - logits[1]).abs().max() < 1e-2, "the tensor-parallel checkpoint reshards into the export"
+
+
+def test_tensor_parallel_settings_are_checked(tmp_path, cli):
+    for train, nproc, needle in [({"tensor_parallel": 2}, 1, "does not divide profile.nproc_per_node 1"),
+                                 ({"tensor_parallel": 3}, 3, "does not divide the model's 4 attention heads"),
+                                 ({"tensor_parallel": 2, "global_batch_size": 12, "micro_batch_size": 4}, 4,
+                                  "not a multiple of micro_batch_size 4 x 2 data-parallel processes"),
+                                 ({"tensor_parallel": 0}, 1, "must be at least 1")]:
+        r = tiny_recipe(tmp_path, **train)
+        r["profile"] = {"name": "local", "nproc_per_node": nproc}
+        code, out = cli("validate", write_recipe(tmp_path / "bad.yaml", r))
+        assert code == 2 and needle in " ".join(out.split()), (train, out)
+
+
 def test_vocabulary_smaller_than_tokenizer_is_refused(tmp_path, cli):
     r = tiny_recipe(tmp_path)
     r["model"] = {"preset": "tiny", "vocab_size": 256}

@@ -28,7 +28,7 @@ def _check_inputs(ctx: StageContext, shape, blend: dict, gbs: int) -> int:
     return steps
 
 
-def _check_for_model(train: dict, num_layers: int) -> None:
+def _check_for_model(train: dict, shape) -> None:
     from types import SimpleNamespace
 
     from harness.training.config import TrainConfig, validate_train_for_model
@@ -36,7 +36,9 @@ def _check_for_model(train: dict, num_layers: int) -> None:
     def refuse(key: str, message: str):
         raise ValueError(f"{key}: {message}")
 
-    validate_train_for_model(SimpleNamespace(**{**TrainConfig().__dict__, **train}), num_layers, refuse)
+    validate_train_for_model(SimpleNamespace(**{**TrainConfig().__dict__, **train}), shape.num_layers, refuse,
+                             shape.num_attention_heads, shape.num_query_groups, shape.ffn_hidden_size,
+                             shape.vocab_size)
 
 
 @register
@@ -52,7 +54,7 @@ class TrainStage(Stage):
         if "base" in ctx.inputs:  # a continuation: the base's shape and weights
             shape = mdl.ModelShape(**{**ctx.manifests["base"]["result"]["shape"], "seq_length": cfg["seq_length"]})
             start = {"init": str(ctx.inputs["base"] / "checkpoint"), "base": {"hf": str(ctx.inputs["base"] / "hf-base")}}
-            _check_for_model(rt["train"], shape.num_layers)  # a hub base's layers were unknown at validation
+            _check_for_model({**cfg["train"], **rt["train"]}, shape)  # a hub base's shape: unknown at validation
         else:
             shape, start = mdl.shape_from(cfg["model"], tok["vocab_size"], cfg["seq_length"]), {}
         steps = _check_inputs(ctx, shape, blend, cfg["train"]["global_batch_size"])

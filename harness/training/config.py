@@ -31,6 +31,9 @@ class TrainConfig:
     clip_grad: float = 1.0
     precision: str = "fp32"  # fp32 | bf16
     distributed_optimizer: bool = False  # optimizer state sharded over data-parallel ranks (megatron's ZeRO-1)
+    # ranks that split each layer's weights (megatron's tensor parallelism, within a node): for bases that do not
+    # fit one GPU; the data-parallel size is then the training processes / tensor_parallel
+    tensor_parallel: int = 1
     eval_interval: int = 50  # steps between validation losses
     eval_samples: int = 64  # validation samples per source (its valid split)
     save_interval: int = 100  # steps between checkpoints (and always at the end)
@@ -70,7 +73,7 @@ def validate_train(t: TrainConfig, bad: Callable[[str, str], None]) -> None:
     if not 0 <= t.warmup_fraction < 1:
         bad("train.warmup_fraction", f"must be in [0, 1), got {t.warmup_fraction}")
     for key in ("eval_interval", "save_interval", "keep_last", "log_interval", "eval_samples",
-                "recompute_num_layers"):
+                "recompute_num_layers", "tensor_parallel"):
         if getattr(t, key) < 1:
             bad(f"train.{key}", "must be at least 1")
     if t.recompute not in RECOMPUTE:
@@ -80,10 +83,30 @@ def validate_train(t: TrainConfig, bad: Callable[[str, str], None]) -> None:
                                           "(megatron overlaps the all-gather of the optimizer's shards)")
 
 
-def validate_train_for_model(t: TrainConfig, num_layers: int, bad: Callable[[str, str], None]) -> None:
+def validate_train_for_model(t: TrainConfig, num_layers: int, bad: Callable[[str, str], None],
+                             heads: int = 1, query_groups: int = 1, ffn: int = 0, vocab: int = 0) -> None:
     if t.recompute == "full" and num_layers % t.recompute_num_layers:
         bad("train.recompute_num_layers", f"{t.recompute_num_layers} does not divide the model's {num_layers} "
                                           f"layers")
+    tp = t.tensor_parallel
+    if tp > 1 and (heads % tp or query_groups % tp):  # each rank holds whole heads and whole key/value groups
+        bad("train.tensor_parallel", f"{tp} does not divide the model's {heads} attention heads and "
+                                     f"{query_groups} key/value groups")
+    for what, n in (("MLP width", ffn), ("vocabulary", vocab)):  # split by rows/columns over the ranks
+        if tp > 1 and n % tp:
+            bad("train.tensor_parallel", f"{tp} does not divide the model's {what} {n}")
+
+
+def validate_parallel(t: TrainConfig, processes: int, bad: Callable[[str, str], None]) -> None:
+    """`processes`: the training processes of one run (per node x nodes)."""
+    tp = t.tensor_parallel
+    if tp < 1 or processes % tp:
+        bad("train.tensor_parallel", f"{tp} does not divide the run's {processes} training process(es)")
+        return
+    dp = processes // tp
+    if t.micro_batch_size >= 1 and t.global_batch_size % (t.micro_batch_size * dp):
+        bad("train.global_batch_size", f"{t.global_batch_size} is not a multiple of micro_batch_size "
+                                       f"{t.micro_batch_size} x {dp} data-parallel processes")
 
 
 def validate_wandb(w: WandbConfig, bad: Callable[[str, str], None]) -> None:

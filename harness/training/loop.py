@@ -54,7 +54,7 @@ def local_device_index(local_rank: int, visible: int) -> int:
     return local_rank % visible
 
 
-def init_distributed(workdir: Path, on_cpu: bool) -> tuple[int, int]:
+def init_distributed(workdir: Path, on_cpu: bool, tensor_parallel: int = 1) -> tuple[int, int]:
     backend = "gloo" if on_cpu else "nccl"
     if "RANK" in os.environ:  # torchrun / srun with rendezvous variables
         if not on_cpu:
@@ -66,7 +66,10 @@ def init_distributed(workdir: Path, on_cpu: bool) -> tuple[int, int]:
         dist.init_process_group(backend, store=dist.FileStore(str(store_path), 1), rank=0, world_size=1)
     from megatron.core import parallel_state
 
-    parallel_state.initialize_model_parallel(1, 1)
+    if dist.get_world_size() % tensor_parallel:
+        raise ValueError(f"train.tensor_parallel {tensor_parallel} does not divide the {dist.get_world_size()} "
+                         f"training processes")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -101,15 +104,20 @@ class Trainer:
         if self.on_cpu and tr.get("precision") == "bf16":
             raise ValueError("train.precision bf16 needs GPUs (megatron's mixed-precision optimizer keeps CUDA "
                              "buffers); use fp32 on a CPU")
-        self.rank, self.world = init_distributed(self.workdir, self.on_cpu)
+        self.tp = int(tr.get("tensor_parallel", 1))
+        self.rank, self.world = init_distributed(self.workdir, self.on_cpu, self.tp)
+        from megatron.core import parallel_state
+
+        # the data are split over data-parallel ranks; the tensor-parallel ranks of one replica read the same batch
+        self.dp, self.dp_rank = self.world // self.tp, parallel_state.get_data_parallel_rank()
         self.device = torch.device("cpu") if self.on_cpu else torch.device("cuda", torch.cuda.current_device())
         self.gbs, self.mbs = tr["global_batch_size"], tr["micro_batch_size"]
-        if self.gbs % (self.mbs * self.world):
+        if self.gbs % (self.mbs * self.dp):
             raise ValueError(f"train.global_batch_size {self.gbs} is not a multiple of micro_batch_size {self.mbs} "
-                             f"x {self.world} data-parallel processes")
-        self.n_micro = self.gbs // (self.mbs * self.world)
+                             f"x {self.dp} data-parallel processes")
+        self.n_micro = self.gbs // (self.mbs * self.dp)
         # the distributed optimizer shards its state over data-parallel ranks: with one rank there is nothing to shard
-        self.distopt = bool(tr.get("distributed_optimizer")) and self.world > 1
+        self.distopt = bool(tr.get("distributed_optimizer")) and self.dp > 1
         if self.on_cpu:
             from harness.training import cpu_compat
 
@@ -131,7 +139,7 @@ class Trainer:
         model_parallel_cuda_manual_seed(seed)
         self.shape = mdl.ModelShape(**spec["model"])
         model, config = mdl.build(self.shape, tr["precision"], self.on_cpu, recompute=tr.get("recompute", "none"),
-                                  recompute_num_layers=tr.get("recompute_num_layers", 1))
+                                  recompute_num_layers=tr.get("recompute_num_layers", 1), tensor_parallel=self.tp)
         if not self.on_cpu:
             model.cuda(torch.cuda.current_device())
         overlap_gather = bool(tr.get("overlap_param_gather")) and self.distopt
@@ -190,8 +198,8 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- steps
     def _micro_batches(self, step: int) -> list[dict]:
-        per_rank = self.gbs // self.world
-        start = step * self.gbs + self.rank * per_rank
+        per_rank = self.gbs // self.dp
+        start = step * self.gbs + self.dp_rank * per_rank
         return [_to_device(_collate([self.train_ds[start + m * self.mbs + i] for i in range(self.mbs)]), self.device)
                 for m in range(self.n_micro)]
 
@@ -232,7 +240,7 @@ class Trainer:
         out = {}
         with self._synced_params():
             for name, ds in self.valid.items():
-                idx = list(range(self.rank, len(ds), self.world))
+                idx = list(range(self.dp_rank, len(ds), self.dp))
                 total, count = 0.0, 0
                 for i in range(0, len(idx), self.mbs):
                     chunk = idx[i:i + self.mbs]
@@ -243,6 +251,8 @@ class Trainer:
                         forward_only=True)
                     total += float(losses[0]["lm loss"]) * len(chunk)
                     count += len(chunk)
+                # summed over every rank: each tensor-parallel rank of a replica adds the same sums, the ratio is
+                # unchanged
                 total, count = coll.sum_all([total, count], self.device)
                 out[f"valid/{name}"] = total / max(1.0, count)
         self.model.train()
@@ -256,7 +266,7 @@ class Trainer:
                  "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}, "seed": self.spec["seed"],
                  "steps": self.steps}
         if self.distopt:
-            ident["data_parallel_size"] = self.world
+            ident["data_parallel_size"] = self.dp
         return ident
 
     def _load_base(self, path: Path) -> None:
@@ -351,6 +361,7 @@ class Trainer:
                       "tokens": int(self.steps * self.gbs * seq),
                       "tokens_by_source": {n: int(tokens_by_source[i]) for i, n in enumerate(self.source_names)},
                       "parameters": self.shape.parameters(), "world_size": self.world,
+                      "tensor_parallel": self.tp,
                       "flops_per_token": flops_per_token, "nodes": sorted(set(nodes))}
             last_rec = [json.loads(l) for l in self.log_path.read_text().splitlines()][-1]
             result.update({k: v for k, v in last_rec.items() if k == "loss" or k.startswith("valid/")})

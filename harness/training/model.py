@@ -96,7 +96,7 @@ def recompute_settings(recompute: str, num_layers: int) -> dict:
 
 
 def transformer_config(shape: ModelShape, precision: str, on_cpu: bool, recompute: str = "none",
-                       recompute_num_layers: int = 1):
+                       recompute_num_layers: int = 1, tensor_parallel: int = 1):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     cpu = dict(use_cpu_initialization=True, gradient_accumulation_fusion=False, bias_activation_fusion=False,
@@ -107,7 +107,7 @@ def transformer_config(shape: ModelShape, precision: str, on_cpu: bool, recomput
         normalization="RMSNorm", layernorm_epsilon=shape.norm_epsilon, gated_linear_unit=True,
         activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
         init_method_std=shape.init_method_std, bf16=precision == "bf16", kv_channels=shape.head_dim,
-        add_qkv_bias=shape.qkv_bias, qk_layernorm=shape.qk_norm,
+        add_qkv_bias=shape.qkv_bias, qk_layernorm=shape.qk_norm, tensor_model_parallel_size=tensor_parallel,
         params_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
         pipeline_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
         **recompute_settings(recompute, recompute_num_layers), **cpu)
@@ -136,10 +136,13 @@ def te_available() -> bool:
 
 
 def build(shape: ModelShape, precision: str = "fp32", on_cpu: bool = True, recompute: str = "none",
-          recompute_num_layers: int = 1):
+          recompute_num_layers: int = 1, tensor_parallel: int = 1):
+    """With tensor_parallel > 1 each rank builds its shards of every layer (megatron's parallel state must be
+    initialised with that size); on a CPU the full weights are initialised and split, so the model is the same as
+    with one rank."""
     from megatron.core.models.gpt import GPTModel
 
-    config = transformer_config(shape, precision, on_cpu, recompute, recompute_num_layers)
+    config = transformer_config(shape, precision, on_cpu, recompute, recompute_num_layers, tensor_parallel)
     model = GPTModel(config=config, transformer_layer_spec=layer_spec(not on_cpu and te_available(), shape.qk_norm),
                      vocab_size=shape.vocab_size, max_sequence_length=shape.seq_length, pre_process=True,
                      post_process=True, share_embeddings_and_output_weights=shape.tied_embeddings,

@@ -156,6 +156,8 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
     base_dep = {"base": "base"} if continuation else {}
     train = rcp.to_dict(recipe.train)
     runtime_train = {k: train.pop(k) for k in RUNTIME_KEYS}  # how it runs, not what it computes: not hashed
+    if train["tensor_parallel"] == 1:  # absent means 1: runs planned before the setting existed stay cached
+        del train["tensor_parallel"]
     for arm in recipe.arms:
         # validation losses on every base corpus and on the arm's own synthetic sources: an arm never waits for
         # another arm's synthetic data (on a cluster the baseline starts while the synthetic sets are generated)

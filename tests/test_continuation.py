@@ -307,6 +307,39 @@ def test_continuation_resumes_exactly(continued):
     assert all(abs(a["loss"] - b["loss"]) <= 1e-6 for a, b in zip(got, want))
 
 
+def test_hub_base_from_a_filled_cache_offline(tmp_path, monkeypatch):
+    """The cluster recipe's path: a hub name, not read at validation; the base stage takes it from the HF cache
+    filled beforehand (HF_HUB_CACHE, HF_HUB_OFFLINE=1) and records the commit it resolved. A name the cache does
+    not hold fails that first stage, naming the base, before anything else runs."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    make_base(repo / "snapshots" / commit, "llama", make_docs(200, seed=5))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = continuation_recipe(tmp_path, tmp_path / "unused")
+    for name, code in (("acme/tiny-llama", 0), ("acme/not-cached", 1)):  # cached, then not
+        r["base"] = {"from": name, "revision": "main"}
+        path = write_recipe(tmp_path / "hub.yaml", r)
+        assert subprocess.run([sys.executable, "-m", "harness", "validate", str(path)]).returncode == 0
+        res = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "base"],
+                             capture_output=True, text=True)
+        assert (res.returncode == 0) == (code == 0), res.stderr[-3000:]
+    assert "base.from 'acme/not-cached' (revision main) cannot be had from the hub or the HF cache" in \
+        " ".join((res.stdout + res.stderr).split())
+    recipe = rcp.load(tmp_path / "hub.yaml", ["base.from=acme/tiny-llama"])
+    from harness import plan as pl
+    from harness.store import Store
+
+    plan = pl.build(recipe, Store(recipe.store))
+    spec = plan.by_id("base")
+    assert spec.config["source"] == {"hub": "acme/tiny-llama", "revision": "main"}
+    result = plan.store.manifest(spec.kind, spec.digest)["result"]
+    assert result["origin"] == {"hub": "acme/tiny-llama", "revision": "main", "commit": commit}
+    assert result["round_trip"] == "exact" and result["check"]["max_abs_logit_diff"] <= 1e-3
+
+
 def test_recipe_errors_for_continuation(tmp_path, cli):
     base = make_base(tmp_path / "b", "llama", make_docs(50, seed=3))
     r = continuation_recipe(tmp_path, base)

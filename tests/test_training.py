@@ -261,6 +261,19 @@ def test_tensor_parallel_settings_are_checked(tmp_path, cli):
         r["profile"] = {"name": "local", "nproc_per_node": nproc}
         code, out = cli("validate", write_recipe(tmp_path / "bad.yaml", r))
         assert code == 2 and needle in " ".join(out.split()), (train, out)
+    # one rank per replica is what every run did before the setting existed: their digests (and caches) stand
+    from harness import plan as pl
+    from harness import recipe as rcp
+    from harness.store import Store
+
+    specs = []
+    for tp in (1, 2):
+        r = tiny_recipe(tmp_path, tensor_parallel=tp)
+        r["profile"] = {"name": "local", "nproc_per_node": 2}
+        recipe = rcp.load(write_recipe(tmp_path / f"tp{tp}.yaml", r))
+        specs.append(pl.build(recipe, Store(recipe.store)).by_id("train/mixed/seed1"))
+    assert "tensor_parallel" not in specs[0].config["train"] and specs[1].config["train"]["tensor_parallel"] == 2
+    assert specs[0].digest != specs[1].digest
 
 
 def test_vocabulary_smaller_than_tokenizer_is_refused(tmp_path, cli):

@@ -151,8 +151,12 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
     # one training run per arm and seed, then its export to a transformers folder
     continuation = recipe.base.from_ is not None
     # a continuation's model is its base (a dependency, by digest); a scratch model is its preset's shape
-    model_cfg = {"base": True} if continuation else \
-        {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
+    if continuation:
+        model_cfg = {"base": True}
+        if recipe.base.optimizer == "load":  # a megatron base's Adam state: part of where training starts
+            model_cfg["optimizer"] = "load"
+    else:
+        model_cfg = {k: v for k, v in rcp.to_dict(recipe.model).items() if k != "preset"}
     base_dep = {"base": "base"} if continuation else {}
     train = rcp.to_dict(recipe.train)
     runtime_train = {k: train.pop(k) for k in RUNTIME_KEYS}  # how it runs, not what it computes: not hashed
@@ -200,9 +204,13 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
 def _base_stage(recipe: rcp.Recipe, store: Store) -> StageSpec:
     """The base named by content (a local folder's files) or by hub name and revision."""
     b = recipe.base
-    from harness.training.base import is_local
+    from harness.training.base import is_local, megatron_source
 
-    if is_local(b.from_):
+    mg = megatron_source(b.from_) if is_local(b.from_) else None
+    if mg is not None and mg[1] is not None:  # one of our runs: its spec and the checkpoint's files
+        files = [str(mg[0] / "train_spec.json")] + sorted(str(p) for p in mg[1].rglob("*") if p.is_file())
+        source = {"megatron": dict(zip((str(Path(f).relative_to(mg[0])) for f in files), store.fingerprint(files)))}
+    elif is_local(b.from_):
         files = sorted(str(p) for p in Path(b.from_).iterdir() if p.is_file())
         source = {"files": dict(zip((Path(f).name for f in files), store.fingerprint(files)))}
     else:

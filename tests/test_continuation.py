@@ -348,6 +348,8 @@ def test_recipe_errors_for_continuation(tmp_path, cli):
         ({"tokenizer": {"kind": "bpe"}}, "tokenize with the base's own tokenizer"),
         ({"base": {"from": str(tmp_path / "nowhere")}}, "no config.json"),
         ({"base": {"from": str(base), "eod_token": "<nope>"}}, "no token '<nope>'"),
+        ({"base": {"from": str(base), "optimizer": "load"}}, "a transformers checkpoint has no optimizer state"),
+        ({"base": {"from": str(base), "optimizer": "warm"}}, "unknown choice 'warm' (fresh, load)"),
         ({"data": {**r["data"], "seq_length": 1024}}, "longer than the base's max_position_embeddings 512"),
         ({"arms": [{"name": "base", "mix": {"web": 1.0}}], "report": {"baseline": "base"}}, "the base model's own row"),
         # the base's 2 layers, not a preset's

@@ -46,6 +46,8 @@ CASES = [
     ("negative budget", "data.tokens", -5, ["data.tokens", "positive"]),
     ("impossible blend", "data.tokens", 10**12, ["needs", "tokens of 'web'", "add at least", "bytes of data"]),
     ("unknown profile", "profile", "clusterz", ["profile", "no profile named 'clusterz'"]),
+    ("min_lr above lr", "train", {"lr": 1e-3, "min_lr": 1.0}, ["train.min_lr", "1 is above train.lr 0.001",
+                                                                "decays from lr to min_lr"]),
     ("unknown model preset", "model", "tinyy", ["model", "no model named 'tinyy'", "did you mean 'tiny'"]),
     ("bad tokenizer kind", "tokenizer.kind", "sentencepiece", ["tokenizer.kind", "unknown tokenizer kind"]),
     ("hf tokenizer without path", "tokenizer.kind", "hf", ["tokenizer.path", "required"]),

@@ -251,6 +251,40 @@ def test_tensor_parallel_on_two_gloo_ranks_matches_one_rank(tmp_path, trained):
     assert (logits[0] - logits[1]).abs().max() < 1e-2, "the tensor-parallel checkpoint reshards into the export"
 
 
+def test_one_of_our_runs_as_a_base(tmp_path, trained):
+    """base.from: a training run of ours (its stage folder). At learning rate 0 the continuation exports that run's
+    model exactly (the base stage copied its checkpoint, and exports return to Llama); with base.optimizer: load it
+    also starts from the run's Adam moments: the first step's loss is the fresh optimizer's (same weights, same
+    batch) and the steps after it differ."""
+    from safetensors.torch import load_file
+
+    _, ref_plan = trained
+    run = ref_plan.dir(ref_plan.by_id("train/mixed/seed1"))
+    r = tiny_recipe(tmp_path)
+    del r["model"], r["tokenizer"]
+    r["base"] = {"from": str(run)}
+    r["data"]["tokens"] = 4096  # 8 steps of 8 x 64
+    losses = {}
+    for name, lr, optimizer in (("lr0", 0.0, "fresh"), ("fresh", 3e-3, "fresh"), ("load", 3e-3, "load")):
+        r.update(experiment=name, train={**r["train"], "lr": lr, "schedule": "anneal"},
+                 base={**r["base"], "optimizer": optimizer})
+        res = subprocess.run([sys.executable, "-m", "harness", "run", str(write_recipe(tmp_path / f"{name}.yaml", r)),
+                              "--only", "export"], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        plan = Plan.load(tmp_path / "runs" / name / "plan.json")
+        losses[name] = [m["loss"] for m in metrics(plan, "train/mixed/seed1")]
+        if name == "lr0":
+            base = plan.store.manifest("base", plan.by_id("base").digest)["result"]
+            assert base["round_trip"] == "exact" and base["step"] == 39 and base["model_type"] == "megatron"
+            got = load_file(plan.dir(plan.by_id("export/mixed/seed1")) / "hf" / "model.safetensors")
+            want = load_file(ref_plan.dir(ref_plan.by_id("export/mixed/seed1")) / "hf" / "model.safetensors")
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        if name == "load":
+            assert "optimizer state (its step 39)" in res.stderr
+    assert losses["load"][0] == pytest.approx(losses["fresh"][0], abs=1e-6)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(losses["load"][1:], losses["fresh"][1:])), losses
+
+
 def test_tensor_parallel_settings_are_checked(tmp_path, cli):
     for train, nproc, needle in [({"tensor_parallel": 2}, 1, "does not divide profile.nproc_per_node 1"),
                                  ({"tensor_parallel": 3}, 3, "does not divide the model's 4 attention heads"),

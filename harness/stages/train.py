@@ -54,6 +54,8 @@ class TrainStage(Stage):
         if "base" in ctx.inputs:  # a continuation: the base's shape and weights
             shape = mdl.ModelShape(**{**ctx.manifests["base"]["result"]["shape"], "seq_length": cfg["seq_length"]})
             start = {"init": str(ctx.inputs["base"] / "checkpoint"), "base": {"hf": str(ctx.inputs["base"] / "hf-base")}}
+            if cfg["model"].get("optimizer") == "load":
+                start["init_optimizer"] = ctx.manifests["base"]["result"]["optimizer"]
             _check_for_model({**cfg["train"], **rt["train"]}, shape)  # a hub base's shape: unknown at validation
         else:
             shape, start = mdl.shape_from(cfg["model"], tok["vocab_size"], cfg["seq_length"]), {}

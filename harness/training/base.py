@@ -4,7 +4,9 @@ With `base.from` set, every arm starts from that model instead of from scratch: 
 supported architecture (harness/training/hf_convert.py), as a local folder or a hub name. The `base` stage imports
 it once into a megatron.core checkpoint, checks the import's logits against transformers, exports it back and
 checks that the round trip returns the base's weights exactly; every arm's training loads those weights (a fresh
-optimizer: a transformers checkpoint has none), and the base's tokenizer replaces the recipe's.
+optimizer: a transformers checkpoint has none), and the base's tokenizer replaces the recipe's. A base may also be
+one of our own training runs (a train stage's folder or one of its checkpoints): copied, exported and checked the
+same way, and its optimizer state loadable (`base.optimizer: load`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,24 @@ class BaseConfig:
     eod_token: Optional[str] = None  # the document separator; None: the base tokenizer's eos token
     check_positions: int = 256  # positions of the import's logit check against transformers
     check_tolerance: float = 1e-3  # the largest absolute logit difference accepted (fp32)
+    # a megatron base (one of our train stages): `fresh` optimizer, or `load` its Adam moments and steps too
+    optimizer: str = "fresh"
+
+
+OPTIMIZER_CHOICES = ("fresh", "load")
+
+
+def megatron_source(name: str) -> Optional[tuple[Path, Path]]:
+    """(train stage folder, checkpoint folder) when `name` is one of our training runs: a train stage's folder
+    (its newest complete checkpoint) or one of its `checkpoints/step_*` folders; else None."""
+    from harness.training import checkpoint as ckpt
+
+    folder = Path(os.path.abspath(os.path.expanduser(name)))
+    if (folder / "train_spec.json").is_file():
+        return folder, ckpt.latest(folder / "checkpoints")
+    if (folder / "done").is_file() and (folder.parent.parent / "train_spec.json").is_file():
+        return folder.parent.parent, folder
+    return None
 
 
 def is_local(name: str) -> bool:
@@ -49,11 +69,20 @@ def validate_base(b: BaseConfig, seq_length: int, bad: Callable[[str, str], None
         bad("base.check_positions", "check at least 8 positions")
     if not 0 < b.check_tolerance <= 1:
         bad("base.check_tolerance", f"must be in (0, 1], got {b.check_tolerance}")
+    if b.optimizer not in OPTIMIZER_CHOICES:
+        bad("base.optimizer", f"unknown choice '{b.optimizer}' ({', '.join(OPTIMIZER_CHOICES)})")
     if not is_local(b.from_):
+        if b.optimizer == "load":
+            bad("base.optimizer", "load: only a megatron base (one of our training runs) has optimizer state")
         return
     folder = Path(b.from_)
     if not check_files:
         return
+    mg = megatron_source(b.from_)
+    if mg is not None:
+        return _validate_megatron(b, *mg, seq_length, bad)
+    if b.optimizer == "load":
+        bad("base.optimizer", "load: a transformers checkpoint has no optimizer state (use fresh)")
     if not (folder / "config.json").is_file():
         bad("base.from", f"no config.json in '{folder}' (a transformers model folder)")
         return
@@ -74,6 +103,21 @@ def validate_base(b: BaseConfig, seq_length: int, bad: Callable[[str, str], None
     return shape
 
 
+def _validate_megatron(b: BaseConfig, run: Path, step: Optional[Path], seq_length: int, bad):
+    from harness.training import model as mdl
+
+    if step is None:
+        bad("base.from", f"'{b.from_}': this training run has no complete checkpoint")
+        return None
+    spec = json.loads((run / "train_spec.json").read_text())
+    if b.eod_token is not None and b.eod_token != spec["tokenizer"]["eod_token"]:
+        bad("base.eod_token", f"'{b.eod_token}': a megatron base keeps the document separator it was trained with "
+                              f"('{spec['tokenizer']['eod_token']}')")
+    if not Path(spec["tokenizer"]["path"]).is_file():
+        bad("base.from", f"'{b.from_}': its tokenizer {spec['tokenizer']['path']} is gone")
+    return mdl.ModelShape(**{**spec["model"], "seq_length": seq_length})
+
+
 def check_architecture(config: dict, seq_length: int):
     from harness.training import hf_convert
 
@@ -82,6 +126,61 @@ def check_architecture(config: dict, seq_length: int):
         raise ValueError(f"data.seq_length {seq_length} is longer than the base's max_position_embeddings "
                          f"{config['max_position_embeddings']}")
     return shape
+
+
+def import_megatron(run: Path, step: Path, out: Path, seq_length: int, say: Callable[[str], None]) -> dict:
+    """One of our training runs as a base: its checkpoint copied into out/checkpoint (model and optimizer state),
+    its tokenizer, and its export in out/hf (a transformers folder, for the base's evaluation), checked both ways:
+    the export's logits against the megatron model's, and the export read back into megatron's layout exactly. The
+    layout is import_base's, so the train stage and the evaluation read either alike."""
+    from harness.data.tokenizer import describe
+    from harness.training import export, hf_convert, model as mdl
+
+    spec0 = json.loads((run / "train_spec.json").read_text())
+    shape = mdl.ModelShape(**{**spec0["model"], "seq_length": seq_length})
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(step, out / "checkpoint", copy_function=_link_or_copy)
+    shutil.copyfile(spec0["tokenizer"]["path"], out / "tokenizer.json")
+    tok_info = describe(out / "tokenizer.json", spec0["tokenizer"]["eod_token"])
+    spec = {"model": shape.__dict__, "tokenizer": {"path": str(out / "tokenizer.json"), **tok_info}}
+    model = export.load_model(spec, out / "checkpoint")
+    aside = out / "hf-base"  # the architecture later exports return to: the run's own base's, else Llama's
+    if spec0.get("base"):
+        shutil.copytree(spec0["base"]["hf"], aside)
+    else:
+        export.export(spec, out / "checkpoint", aside, model=model)
+        for f in aside.glob("*.safetensors"):  # its config and tokenizer files only
+            f.unlink()
+    spec["base"] = {"hf": str(aside)}
+    export.export(spec, out / "checkpoint", out / "hf", model=model)
+    hf_model = load_hf(out / "hf")
+    back = hf_convert.to_megatron(hf_model.state_dict(), shape)
+    ours = export.megatron_state_dict(model)
+    differ = [k for k, v in ours.items() if k not in back or not torch.equal(back[k], v)]
+    if differ:
+        raise RuntimeError(f"export -> import does not give the run's weights back: {differ[:5]}")
+    check = logit_check(hf_model, model, tok_info["vocab_size"], min(256, seq_length))
+    say(f"megatron base {step}: {shape.parameters():,} parameters; its export's logits within "
+        f"{check['max_abs_logit_diff']:.2e}, {check['greedy_flips']} greedy flips")
+    if check["greedy_flips"] or check["max_abs_logit_diff"] > 1e-3:
+        raise RuntimeError(f"the base's export disagrees with its checkpoint: {check}")
+    common = torch.load(step / "common_rank00000.pt", weights_only=False)
+    (out / "train_spec.json").write_text(json.dumps(spec, indent=2))
+    identity = json.loads((step / "identity.json").read_text())
+    result = {"final_checkpoint": "checkpoint", "shape": shape.__dict__, "model_type": "megatron",
+              "parameters": shape.parameters(), "check": check, "round_trip": "exact", "step": common["step"],
+              "optimizer": {"data_parallel_size": identity.get("data_parallel_size")}, **tok_info}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """A checkpoint's files are never modified in place: a hard link is a copy that costs nothing."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
 
 def resolve(b: BaseConfig) -> tuple[Path, dict]:

@@ -159,6 +159,13 @@ class Checkpointer:
             self.queue = None
 
     def load(self, path: Path, model, optimizer, scheduler) -> dict:
+        common = self.load_weights_and_optimizer(path, model, optimizer)
+        scheduler.load_state_dict(common["scheduler"])
+        set_rng_state(common["rng"])
+        return common
+
+    def load_weights_and_optimizer(self, path: Path, model, optimizer) -> dict:
+        """The model and the optimizer's state (moments, steps); the schedule and RNG states stay the caller's."""
         from megatron.core import dist_checkpointing
 
         if self.metadata:
@@ -174,8 +181,6 @@ class Checkpointer:
         common = torch.load(common_file, weights_only=False)
         if self.metadata:
             _own_adam_steps(optimizer, common["step"])
-        scheduler.load_state_dict(common["scheduler"])
-        set_rng_state(common["rng"])
         return common
 
 

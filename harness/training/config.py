@@ -70,6 +70,9 @@ def validate_train(t: TrainConfig, bad: Callable[[str, str], None]) -> None:
         v = getattr(t, key)
         if _bad_number(v) or v < 0:
             bad(f"train.{key}", f"must be a number >= 0, got {v}")
+    if t.schedule != "anneal" and not _bad_number(t.lr) and not _bad_number(t.min_lr) and t.min_lr > t.lr:
+        bad("train.min_lr", f"{t.min_lr:g} is above train.lr {t.lr:g}: the {t.schedule} schedule decays from lr to "
+                            f"min_lr (schedule anneal decays to 0)")
     if not 0 <= t.warmup_fraction < 1:
         bad("train.warmup_fraction", f"must be in [0, 1), got {t.warmup_fraction}")
     for key in ("eval_interval", "save_interval", "keep_last", "log_interval", "eval_samples",

@@ -275,10 +275,30 @@ class Trainer:
         optimizer's shards) are refreshed from the loaded model, as Megatron-LM does when it loads no optimizer."""
         from megatron.core import dist_checkpointing
 
+        if self.spec.get("init_optimizer") is not None:
+            return self._load_base_with_optimizer(path, self.spec["init_optimizer"])
         state = dist_checkpointing.load({"model": self.model.module.sharded_state_dict()}, str(path))
         self.model.module.load_state_dict(state["model"])
         self.optimizer.reload_model_params()
         self._say(f"continuing from the base's weights in {path}")
+
+    def _load_base_with_optimizer(self, path: Path, saved: dict) -> None:
+        """A megatron base's Adam moments and steps as well (base.optimizer: load). Its learning-rate settings are
+        not taken: the param groups keep this run's (megatron's scheduler reads max_lr/min_lr from them), and the
+        schedule starts afresh."""
+        shards = saved.get("data_parallel_size")  # None: saved without the distributed optimizer
+        if (shards is not None) != self.distopt or (self.distopt and shards != self.dp):
+            raise ValueError(
+                f"base.optimizer load: the base's optimizer state was saved "
+                f"{f'by the distributed optimizer in {shards} data-parallel shards' if shards else 'whole'}, and "
+                f"this run {'shards it over ' + str(self.dp) if self.distopt else 'keeps it whole'}: train with the "
+                f"base's train.distributed_optimizer and number of training processes, or base.optimizer: fresh")
+        ours = [{k: v for k, v in g.items() if k not in ("params", "step")} for g in self.optimizer.param_groups]
+        common = self.checkpoints.load_weights_and_optimizer(path, self.model, self.optimizer)
+        for group, mine in zip(self.optimizer.param_groups, ours):
+            group.update(mine)
+        self.scheduler.step(increment=0)  # this run's learning rate at step 0, into every param group
+        self._say(f"continuing from the base's weights and optimizer state (its step {common['step']}) in {path}")
 
     def _log(self, record: dict) -> None:
         if self.rank == 0:

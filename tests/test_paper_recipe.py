@@ -180,7 +180,8 @@ def test_continuation_recipe_plans_and_renders_the_papers_design(tmp_path, cli):
     dry = tmp_path / "runs" / "nemotron_continuation" / "slurm" / "dry-run"
     scripts = {p.stem: p.read_text() for p in sorted(dry.glob("*.sbatch"))}
     base_job = next(s for k, s in scripts.items() if k.endswith("-base"))
-    assert "--partition=cpu" in _directives(base_job) and not any(d.startswith("--gpus") for d in _directives(base_job))
+    assert {"--partition=cpu", "--mem=256G"} <= _directives(base_job)  # the import holds the base ~4 times in fp32
+    assert not any(d.startswith("--gpus") for d in _directives(base_job))
     train_jobs = [s for k, s in scripts.items() if k.endswith("train")]
     assert sum(t.count("  train/") for t in train_jobs) == 18
     assert all({"--nodes=2", "--gpus-per-node=8"} <= _directives(t) for t in train_jobs)

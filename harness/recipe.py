@@ -548,7 +548,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         s_ = base_shape if continuation else m
         validate_train_for_model(t, s_.num_layers, bad, s_.num_attention_heads,
                                  s_.num_query_groups or s_.num_attention_heads,
-                                 getattr(s_, "ffn_hidden_size", None) or 0, getattr(s_, "vocab_size", None) or 0)
+                                 s_.ffn_hidden_size or 0, s_.vocab_size or 0)
     pr = recipe.profile
     if pr.nproc_per_node >= 1 and t.tensor_parallel >= 1:
         if pr.nproc_per_node % t.tensor_parallel:

@@ -16,35 +16,48 @@ from harness.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "nemotron_task_seeded.yaml"
+CONTINUATION = REPO / "recipes" / "nemotron_continuation.yaml"
 
 
-def test_only_the_cluster_corpus_path_is_missing_here(cli):
-    code, out = cli("validate", RECIPE)
+def _misses_only_the_cluster_corpus(cli, recipe: Path, corpus: str) -> None:
+    code, out = cli("validate", recipe)
     flat = " ".join(out.split())
     assert code == 2
-    assert flat.count("error:") == 1 and "corpora.web.paths: no file matches '/data/corpora" in flat, out
+    assert flat.count("error:") == 1 and f"corpora.{corpus}.paths: no file matches '/data/corpora" in flat, out
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    """Validated, planned and rendered with a small local corpus in place of the cluster's, and a budget it can
-    hold; everything else as written."""
+def local_args(tmp: Path, corpus: str) -> list[str]:
+    """Overrides that put a small local corpus in place of the cluster's, and a budget it can hold."""
+    if not (tmp / "web.parquet").is_file():
+        pq.write_table(pa.table({"text": make_docs(3000, seed=3)}), tmp / "web.parquet")
+    return [f"corpora.{corpus}.paths=[{tmp / 'web.parquet'}]", "data.tokens=2000000", f"store={tmp / 'runs'}"]
+
+
+def render(tmp: Path, recipe: Path, corpus: str) -> tuple[Plan, dict[str, str], str]:
+    """Validated, planned and rendered by `harness submit --dry-run` with local_args; everything else as written:
+    (the plan, the sbatch scripts by file stem, the command's output)."""
     from typer.testing import CliRunner
 
     from harness.cli import app
 
-    tmp = tmp_path_factory.mktemp("paper")
-    pq.write_table(pa.table({"text": make_docs(3000, seed=3)}), tmp / "web.parquet")
-    args = [f"corpora.web.paths=[{tmp / 'web.parquet'}]", "data.tokens=2000000", f"store={tmp / 'runs'}"]
+    args = local_args(tmp, corpus)
     runner = CliRunner()
-    res = runner.invoke(app, ["validate", str(RECIPE), *args], catch_exceptions=False)
+    res = runner.invoke(app, ["validate", str(recipe), *args], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["submit", str(RECIPE), *args, "--dry-run"], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    plan = Plan.load(tmp / "runs" / "nemotron_task_seeded" / "plan.json")
-    scripts = {p.stem: p.read_text()
-               for p in sorted((tmp / "runs" / "nemotron_task_seeded" / "slurm" / "dry-run").glob("*.sbatch"))}
-    return plan, scripts, res.output
+    res = runner.invoke(app, ["submit", str(recipe), *args, "--dry-run"], catch_exceptions=False)
+    assert res.exit_code == 0 and "would submit" in res.output, res.output[-3000:]
+    exp = tmp / "runs" / recipe.stem
+    scripts = {p.stem: p.read_text() for p in sorted((exp / "slurm" / "dry-run").glob("*.sbatch"))}
+    return Plan.load(exp / "plan.json"), scripts, res.output
+
+
+def test_only_the_cluster_corpus_path_is_missing_here(cli):
+    _misses_only_the_cluster_corpus(cli, RECIPE, "web")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("paper"), RECIPE, "web")
 
 
 def _directives(script: str) -> set[str]:
@@ -139,18 +152,12 @@ def test_paper_suite_refuses_generation_tasks(suite_store, tmp_path):
                             include_path=str(tmp_path))
 
 
-CONTINUATION = REPO / "recipes" / "nemotron_continuation.yaml"
-
-
 def test_continuation_recipe_misses_only_the_cluster_corpus(cli):
     """Its hub base is not read at validation (no config.json at hand offline): the base stage checks it first."""
-    code, out = cli("validate", CONTINUATION)
-    flat = " ".join(out.split())
-    assert code == 2
-    assert flat.count("error:") == 1 and "corpora.replay.paths: no file matches '/data/corpora" in flat, out
+    _misses_only_the_cluster_corpus(cli, CONTINUATION, "replay")
 
 
-def test_continuation_recipe_plans_and_renders_the_papers_design(tmp_path, cli):
+def test_continuation_recipe_plans_and_renders_the_papers_design(tmp_path):
     """Continuation of a hub base on a replay corpus: the base imported first on a CPU node, every arm and seed
     training from it on two 8-GPU nodes, the base evaluated once; its synthetic sets are the from-scratch paper
     recipe's (same digests: generated once in a shared store)."""
@@ -158,12 +165,7 @@ def test_continuation_recipe_plans_and_renders_the_papers_design(tmp_path, cli):
     from harness.plan import build
     from harness.store import Store
 
-    pq.write_table(pa.table({"text": make_docs(3000, seed=3)}), tmp_path / "web.parquet")
-    args = [f"corpora.replay.paths=[{tmp_path / 'web.parquet'}]", "data.tokens=2000000", f"store={tmp_path / 'runs'}"]
-    assert cli("validate", CONTINUATION, *args)[0] == 0
-    code, out = cli("submit", CONTINUATION, *args, "--dry-run")
-    assert code == 0 and "would submit" in out, out[-3000:]
-    plan = Plan.load(tmp_path / "runs" / "nemotron_continuation" / "plan.json")
+    plan, scripts, _ = render(tmp_path, CONTINUATION, "replay")
     base = plan.by_id("base")
     assert base.config["source"] == {"hub": "Qwen/Qwen2.5-1.5B", "revision": "main"}
     assert plan.by_id("tokenizer").deps == {"base": "base"}
@@ -171,14 +173,11 @@ def test_continuation_recipe_plans_and_renders_the_papers_design(tmp_path, cli):
     assert len(trains) == 18 and all(s.deps["base"] == "base" and s.config["model"] == {"base": True} for s in trains)
     assert {s.config["train"]["schedule"] for s in trains} == {"anneal"}
     assert plan.by_id("eval/base").deps["export"] == "base"
-    paper = rcp.load(RECIPE, [f"corpora.web.paths=[{tmp_path / 'web.parquet'}]", "data.tokens=2000000",
-                              f"store={tmp_path / 'runs'}"])
+    paper = rcp.load(RECIPE, local_args(tmp_path, "web"))
     pp = build(paper, Store(paper.store))
     for sid in ("seeds/taskqa", "passages/taskqa", "generate/taskqa/shard5", "filter/taskqa",
                 "generate/unseeded/shard0", "filter/unseeded"):
         assert plan.by_id(sid).digest == pp.by_id(sid).digest, sid
-    dry = tmp_path / "runs" / "nemotron_continuation" / "slurm" / "dry-run"
-    scripts = {p.stem: p.read_text() for p in sorted(dry.glob("*.sbatch"))}
     base_job = next(s for k, s in scripts.items() if k.endswith("-base"))
     assert {"--partition=cpu", "--mem=256G"} <= _directives(base_job)  # the import holds the base ~4 times in fp32
     assert not any(d.startswith("--gpus") for d in _directives(base_job))

@@ -70,14 +70,12 @@ def collect_base(plan: Plan, arms: dict[str, ArmData]) -> ArmData | None:
     if set(per_task) != set(ref.scores["acc"]):
         raise ReportError(f"the base model and arm '{ref.name}' were evaluated on different tasks: "
                           f"{sorted(set(per_task) ^ set(ref.scores['acc']))}")
+    for t, recs in sorted(per_task.items()):
+        if [r["doc_id"] for r in recs] != ref.item_ids[t]:
+            raise ReportError(f"task {t}: the base model was evaluated on other items than arm '{ref.name}'")
     data = ArmData(BASE, [0])
-    for metric in METRICS:
-        data.scores[metric] = {}
-        for t, recs in sorted(per_task.items()):
-            if len(recs) != ref.scores[metric][t].shape[1] or \
-                    [r["doc_id"] for r in recs] != ref.item_ids[t]:
-                raise ReportError(f"task {t}: the base model was evaluated on other items than arm '{ref.name}'")
-            data.scores[metric][t] = np.array([[r[metric] for r in recs]], dtype=np.float64)
+    data.scores = {metric: {t: np.array([[r[metric] for r in recs]], dtype=np.float64)
+                            for t, recs in sorted(per_task.items())} for metric in METRICS}
     return data
 
 

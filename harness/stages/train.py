@@ -29,14 +29,12 @@ def _check_inputs(ctx: StageContext, shape, blend: dict, gbs: int) -> int:
 
 
 def _check_for_model(train: dict, shape) -> None:
-    from types import SimpleNamespace
-
     from harness.training.config import TrainConfig, validate_train_for_model
 
     def refuse(key: str, message: str):
         raise ValueError(f"{key}: {message}")
 
-    validate_train_for_model(SimpleNamespace(**{**TrainConfig().__dict__, **train}), shape.num_layers, refuse,
+    validate_train_for_model(TrainConfig(**train), shape.num_layers, refuse,
                              shape.num_attention_heads, shape.num_query_groups, shape.ffn_hidden_size,
                              shape.vocab_size)
 

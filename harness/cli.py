@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -108,11 +109,42 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
     p.save(r)
     if not pending:
         out.print(f"[green]nothing to run[/]: all {len(todo)} stages of '{r.experiment}' are cached")
+        _headline(p, r, rebuild=False)
         return
-    res = local.run(p, only, echo=console.print)
+    from harness.executors.console import View
+
+    with View(todo, console, experiment=r.experiment) as view:
+        res = local.run(p, only, view=view)
     out.print(f"{len(res.ran)} ran, {len(res.cached)} cached, {len(res.failed)} failed, {len(res.skipped)} skipped")
     if not res.ok:
         raise typer.Exit(1)
+    _headline(p, r)
+
+
+def _headline(p, r, rebuild: bool = True) -> None:
+    """When a run leaves every evaluation of the experiment published: its report (rebuilt, or as it stands when
+    nothing ran), and the comparison that matters most printed here (the full tables are in report.md)."""
+    import yaml
+
+    from harness.report.build import ReportError, build, headline
+
+    evals = [s for s in p.stages if s.kind == "eval"]
+    if not evals or not all(p.is_cached(s) for s in evals):
+        return
+    exp = p.store.experiment_dir(p.experiment)
+    saved = exp / "report" / "results.json"
+    if rebuild or not saved.is_file():
+        recipe = yaml.safe_load((exp / "recipe.yaml").read_text())
+        try:
+            results = build(p, recipe, exp / "report", n_boot=recipe.get("report", {}).get("bootstrap", 2000))
+        except ReportError as e:
+            console.print(f"[yellow]no report[/]: {escape(str(e))}", highlight=False)
+            return
+    else:
+        results = json.loads(saved.read_text())
+    out.print(headline(results))
+    out.print(f"report: {exp / 'report' / 'report.md'} (all tables, LaTeX, CSV, plots; `harness report "
+              f"{p.experiment}` prints it)", highlight=False)
 
 
 @app.command()

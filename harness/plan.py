@@ -15,6 +15,7 @@ from pathlib import Path
 
 import harness
 from harness import recipe as rcp
+from harness import tracking
 from harness.stages import StageSpec, get
 from harness.store import Store, write_json_atomic
 from harness.training.config import RUNTIME_KEYS
@@ -172,7 +173,8 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {"model": model_cfg, "train": train, "seq_length": d.seq_length, "seed": int(seed)},
                                     {"nproc_per_node": prof.nproc_per_node, "peak_tflops": prof.peak_tflops,
                                      "train": runtime_train, "experiment": recipe.experiment,
-                                     "run_name": f"{arm.name}-seed{seed}", "wandb": rcp.to_dict(recipe.wandb)},
+                                     "run_name": f"{arm.name}-seed{seed}", "wandb": rcp.to_dict(recipe.wandb),
+                                     "wandb_config": tracking.run_config(recipe, arm, seed)},
                                     {"tokenizer": "tokenizer", "blend": f"blend/{arm.name}/seed{seed}", **valid_deps,
                                      **base_dep}))
             stages.append(StageSpec(f"export/{arm.name}/seed{seed}", "export", {}, {},
@@ -183,7 +185,8 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                      "backend": e.backend},
                                     {"batch_size": e.batch_size, "experiment": recipe.experiment, "arm": arm.name,
                                      "seed": int(seed), "run_name": f"{arm.name}-seed{seed}",
-                                     "wandb": rcp.to_dict(recipe.wandb)},
+                                     "wandb": rcp.to_dict(recipe.wandb),
+                                     "wandb_config": tracking.run_config(recipe, arm, seed)},
                                     {"export": f"export/{arm.name}/seed{seed}", "train": tid, "suite": "suite"}))
 
     if continuation:  # the base itself, evaluated once: what every arm's continuation starts from

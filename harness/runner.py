@@ -26,19 +26,21 @@ EXIT_FAILED = 1
 EXIT_LOCKED = 3
 
 
-def _logger(spec_id: str, logfile) -> logging.Logger:
+def _logger(spec_id: str, logfile, echo: bool) -> logging.Logger:
     log = logging.getLogger(f"harness.stage.{spec_id}")
     log.handlers.clear()
     log.setLevel(logging.INFO)
     log.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s [" + spec_id + "] %(message)s", "%H:%M:%S")
-    for h in (logging.FileHandler(logfile), logging.StreamHandler(sys.stderr)):
+    # echo: also to stderr (a stage run on its own, a Slurm job's output); the local executor's worker points
+    # stderr at this same log file, so it logs once
+    for h in (logging.FileHandler(logfile), *([logging.StreamHandler(sys.stderr)] if echo else [])):
         h.setFormatter(fmt)
         log.addHandler(h)
     return log
 
 
-def run_stage(plan: Plan, stage_id: str) -> int:
+def run_stage(plan: Plan, stage_id: str, echo: bool = True) -> int:
     spec = plan.by_id(stage_id)
     store = plan.store
     if plan.is_cached(spec):
@@ -55,7 +57,7 @@ def run_stage(plan: Plan, stage_id: str) -> int:
                 return 0
             partial = store.partial_dir(spec.kind, spec.digest)
             partial.mkdir(parents=True, exist_ok=True)
-            log = _logger(stage_id, partial / "log.txt")
+            log = _logger(stage_id, partial / "log.txt", echo)
             ctx = StageContext(spec, partial, {n: plan.dir(d) for n, d in deps.items()},
                                {n: store.manifest(d.kind, d.digest) for n, d in deps.items()}, log, plan.dir(spec))
             t0, started = time.perf_counter(), time.time()

@@ -89,16 +89,50 @@ def test_report_tables_csv_latex_plots(ablation, cli):
     assert "| mixed | 0/30 | 5/30 | -" in report and "eval items matched: sciq 6 (6 documents)" in report
 
 
-def test_wandb_offline_runs_written(ablation, cli):
+def test_wandb_offline_runs_read_back(ablation, cli):
+    """The offline runs, read back from their record logs (wandb's own protobuf definitions): one training run per
+    arm and seed, named and grouped, its id the train stage's digest, with flat config (arm, seed, each source's
+    share, model, budget) and its loss curve; one evaluation run per arm and seed with the same config and the
+    scores (offline a run cannot be resumed, so the scores do not land on the training run); the report run names
+    both runs of every arm and seed."""
+    from wandb_records import read_run
+
     tmp, _ = ablation
     assert cli("report", "toy", "--store", tmp / "runs")[0] == 0
-    runs = list((tmp / "runs" / "_stages" / "train").glob("*/wandb/offline-run-*"))
-    assert len(runs) == 4, runs
-    evals = list((tmp / "runs" / "_stages" / "eval").glob("*/wandb/offline-run-*"))
-    assert len(evals) == 4, "one evaluation run per arm and seed"
-    log = next(evals[0].glob("run-*.wandb")).read_bytes()  # the offline run's record log (summary updates inside)
-    assert all(k in log for k in (b"offline_sciq/acc", b"offline_arc_easy/gold_bpb", b"average/acc", b"eval"))
-    assert any((tmp / "runs" / "toy" / "report").glob("wandb/offline-run-*")), "the report logs its own run"
+    plan = Plan.load(tmp / "runs" / "toy" / "plan.json")
+    ids = {}
+    for arm, share in (("base", {"web": 1.0, "qa": 0.0}), ("mixed", {"web": 0.7, "qa": 0.3})):
+        for seed in (1, 2):
+            spec = plan.by_id(f"train/{arm}/seed{seed}")
+            [folder] = (plan.dir(spec) / "wandb").glob("offline-run-*")
+            run = read_run(folder)
+            assert (run["id"], run["name"], run["group"], run["job_type"]) == (spec.digest, f"{arm}-seed{seed}",
+                                                                                "toy", "train")
+            cfg = run["config"]
+            assert (cfg["experiment"], cfg["arm"], cfg["seed"], cfg["model"], cfg["tokens"]) == \
+                ("toy", arm, seed, "tiny", 25_600)
+            assert {s: cfg[f"share.{s}"] for s in share} == share and cfg["synthetic_share"] == 0.0
+            assert cfg["parameters"] > 0 and cfg["train.global_batch_size"] == 8 and cfg["shape.num_layers"] == 2
+            assert not [k for k, v in cfg.items() if isinstance(v, list)], "W&B cannot filter inside a list"
+            losses = [h["loss"] for h in run["history"] if "loss" in h]
+            trained = [json.loads(l)["loss"] for l in (plan.dir(spec) / "metrics.jsonl").read_text().splitlines()]
+            assert losses == pytest.approx(trained), "the curve is the metrics file's"
+            ev = plan.by_id(f"eval/{arm}/seed{seed}")
+            [folder] = (plan.dir(ev) / "wandb").glob("offline-run-*")
+            erun = read_run(folder)
+            assert (erun["name"], erun["job_type"], erun["config"]["arm"], erun["config"]["share.qa"]) == \
+                (f"{arm}-seed{seed}", "eval", arm, share["qa"])
+            scores = plan.store.manifest("eval", ev.digest)["result"]["tasks"]
+            assert erun["summary"]["eval/offline_sciq/acc"] == scores["offline_sciq"]["acc"]
+            assert erun["summary"]["eval/average/gold_bpb"] == pytest.approx(
+                (scores["offline_sciq"]["gold_bpb"] + scores["offline_arc_easy"]["gold_bpb"]) / 2)
+            ids[(arm, f"seed{seed}")] = (run["id"], erun["id"])
+    folder = sorted((tmp / "runs" / "toy" / "report").glob("wandb/offline-run-*"))[-1]  # the newest report run
+    rep = read_run(folder)
+    assert rep["job_type"] == "report" and rep["config"]["baseline"] == "base"
+    for (arm, seed), (train_id, eval_id) in ids.items():
+        assert rep["config"][f"runs.{arm}.{seed}.train.id"] == train_id
+        assert rep["config"][f"runs.{arm}.{seed}.eval.id"] == eval_id != train_id
 
 
 def test_report_refuses_missing_evaluation(tmp_path, ablation, cli):

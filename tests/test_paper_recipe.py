@@ -187,3 +187,30 @@ def test_continuation_recipe_plans_and_renders_the_papers_design(tmp_path):
     # every job downstream of the base waits for it: the tokenizer, and through it every training run
     tok = next(s for k, s in scripts.items() if k.endswith("tokenizer"))
     assert "--dependency=afterok:JOB0 " in tok and "  base\n" in base_job
+
+
+def test_wandb_runs_are_filterable_by_arm_share_and_generator(rendered):
+    """Every training and evaluation run's W&B config is flat enough for W&B's run table: the arm, the seed, each
+    source's share (`share.<source>`, 0 where an arm does not use it) and the synthetic sets' generator, samples
+    per seed and verification; no list anywhere (W&B cannot filter inside one)."""
+    from wandb_records import flat
+
+    plan, _, _ = rendered
+    for sid in ("train/taskqa_10/seed2", "eval/taskqa_10/seed2", "train/unseeded_20/seed1", "train/baseline/seed3"):
+        cfg = flat(plan.by_id(sid).runtime["wandb_config"])
+        assert not [k for k, v in cfg.items() if isinstance(v, (list, tuple))], cfg
+        assert set(cfg) >= {"experiment", "arm", "seed", "model", "tokens", "share.web", "share.taskqa",
+                            "share.unseeded", "synthetic_share"}, cfg
+        assert cfg["experiment"] == "nemotron_task_seeded" and cfg["arm"] == sid.split("/")[1]
+        assert cfg["seed"] == int(sid[-1])
+    taskqa = flat(plan.by_id("train/taskqa_10/seed2").runtime["wandb_config"])
+    assert taskqa["share.web"] == 0.9 and taskqa["share.taskqa"] == 0.1 and taskqa["share.unseeded"] == 0.0
+    assert taskqa["synthetic.taskqa.generator"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert taskqa["synthetic.taskqa.samples_per_seed"] == 50 and taskqa["synthetic.taskqa.verify_votes"] == 3
+    assert taskqa["synthetic.taskqa.verification"] == "majority of 3" and taskqa["synthetic.taskqa.kind"] == \
+        "task_seeded"
+    unseeded = flat(plan.by_id("train/unseeded_20/seed1").runtime["wandb_config"])
+    assert unseeded["synthetic.unseeded.kind"] == "unseeded_qa" and unseeded["share.unseeded"] == 0.2
+    assert not any(k.startswith("synthetic.taskqa") for k in unseeded), "only the sets the arm uses"
+    baseline = flat(plan.by_id("train/baseline/seed3").runtime["wandb_config"])
+    assert baseline["synthetic_share"] == 0.0 and not any(k.startswith("synthetic.") for k in baseline)

@@ -2,6 +2,7 @@
 processes, HF export with matching logits, and bad input refused before the model is built."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def trained(tmp_path_factory):
         res = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "eval"],
                              capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
+    (tmp / "console.txt").write_text(res.stdout + res.stderr)  # what the run showed (test_console_without_a_tty)
     return tmp, Plan.load(tmp / "runs" / "toy" / "plan.json")
 
 
@@ -100,7 +102,8 @@ def test_sigterm_then_resume_gives_identical_losses(tmp_path, trained):
     assert 12 <= stopped_at < 39
     res = subprocess.run(cmd + ["--only", "train"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "resumed from" in res.stderr and f"at step {stopped_at}" in res.stderr
+    said = (plan.dir(spec) / "train.log").read_text()  # the training's own output: its log, not the console
+    assert "resumed from" in said and f"at step {stopped_at}" in said
     resumed = metrics(plan, spec.id)
     assert [r["step"] for r in resumed] == list(range(1, 40))
     for a, b in zip(reference, resumed):
@@ -213,7 +216,7 @@ def test_distributed_optimizer_stops_resumes_exactly_and_refuses_another_size(tm
 
     res = subprocess.run(cmd + ["--only", "train"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"at step {stopped_at}" in res.stderr
+    assert f"at step {stopped_at}" in (plan.dir(spec) / "train.log").read_text()
     resumed = metrics(plan, spec.id)
     assert [r["step"] for r in resumed] == list(range(1, 40))
     for a, b in zip(reference, resumed):
@@ -280,7 +283,8 @@ def test_one_of_our_runs_as_a_base(tmp_path, trained):
             want = load_file(ref_plan.dir(ref_plan.by_id("export/mixed/seed1")) / "hf" / "model.safetensors")
             assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
         if name == "load":
-            assert "optimizer state (its step 39)" in res.stderr
+            said = (plan.dir(plan.by_id("train/mixed/seed1")) / "train.log").read_text()
+            assert "optimizer state (its step 39)" in said
     assert losses["load"][0] == pytest.approx(losses["fresh"][0], abs=1e-6)
     assert all(abs(a - b) > 1e-4 for a, b in zip(losses["load"][1:], losses["fresh"][1:])), losses
 
@@ -404,6 +408,29 @@ if __name__ == "__main__":
     assert got["mm_per_token"] == got["total"] == 2 * got["matmul_parameters"]
     assert got["parameters"] - got["matmul_parameters"] == 512 * 128 + 5 * 128, "embedding and norms excluded"
     assert got["flops_per_token"] == 3 * got["mm_per_token"] + 6 * 2 * 64 * 128
+
+
+def test_console_without_a_tty(trained):
+    """A run whose output is not a terminal shows plain lines: each stage running and done with its time, the
+    training's progress (step, loss, tokens/s) at most every few seconds, and the headline at the end; what the
+    libraries print (W&B's banners and warnings, megatron's, lm-eval's request bars) is in the stages' logs only."""
+    tmp, plan = trained
+    shown = (tmp / "console.txt").read_text()
+    lines = shown.splitlines()
+    for sid in ("tokenizer", "blend/mixed/seed1", "train/mixed/seed1", "export/mixed/seed1", "eval/mixed/seed1"):
+        assert re.search(rf"^\d\d:\d\d:\d\d running {re.escape(sid)} \(\d+/\d+\)$", shown, re.M), (sid, shown)
+        assert re.search(rf"^\d\d:\d\d:\d\d done {re.escape(sid)} in ", shown, re.M), (sid, shown)
+    steps = [l for l in lines if re.match(r"^\d\d:\d\d:\d\d train/mixed/seed1: step \d+/39 · loss \d", l)]
+    assert steps and all("tokens/s" in l for l in steps), shown
+    stamps = [time.strptime(l[:8], "%H:%M:%S") for l in steps]
+    gaps = [(b.tm_hour * 3600 + b.tm_min * 60 + b.tm_sec) - (a.tm_hour * 3600 + a.tm_min * 60 + a.tm_sec)
+            for a, b in zip(stamps, stamps[1:])]
+    assert all(g >= 4 for g in gaps), f"progress lines at most one per 5 s: {gaps}"
+    for noise in ("wandb:", "W&B could not be reached", "Running loglikelihood", "Transformer Engine", "Apex"):
+        assert noise not in shown, noise
+    log = (plan.dir(plan.by_id("train/mixed/seed1")) / "train.log").read_text()
+    assert "W&B could not be reached" in log and "step 39/39" in log
+    assert "report:" in shown and "vs mixed" in shown, "the headline comparison and where the report is"
 
 
 def test_unreachable_wandb_costs_nothing_but_a_warning(trained):

@@ -217,6 +217,9 @@ class Progress:
         self.done_bytes += nbytes
         self.tokens += ntokens
         rate = self.tokens / max(1e-9, time.perf_counter() - self.t0)
+        from harness import progress
+
+        progress.report("MB", self.done_bytes / 1e6, self.total / 1e6, rate=rate, unit="tokens")
         if self.live:
             self._p.update(self._task, completed=self.done_bytes, tps=f"{rate:,.0f}")
         elif self.log and time.perf_counter() - self._last_log > 10:

@@ -74,7 +74,10 @@ class MegatronHarnessLM(LM):
         """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per pair."""
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        from harness import progress
+
         for start in range(0, len(order), self.batch_size):
+            progress.report("requests", start, len(order))
             idx = order[start:start + self.batch_size]
             seqs, conts = [], []
             for i in idx:

@@ -1,4 +1,4 @@
-"""Runs rounds of requests through the request cache and a backend, with a progress bar (items/s, tokens/s).
+"""Runs rounds of requests through the request cache and a backend, reporting progress (items/s, tokens/s).
 
 The backend (and a managed server) is made only when some request is not cached, so a rerun of a finished or
 nearly finished stage starts nothing."""
@@ -11,9 +11,8 @@ import time
 from contextlib import ExitStack
 from typing import Callable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from harness.generation.backends import Backend, Completion, Request
+from harness import progress
 from harness.generation.cache import RequestCache
 
 
@@ -68,32 +67,28 @@ class Driver:
         if not todo:
             return out
         t0, toks, last_log, n_done = time.perf_counter(), [0], [time.perf_counter()], [0]
-        cols = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn()]
-        with Progress(*cols, transient=False) as bar:
-            task = bar.add_task(label, total=len(todo), rate="")
+        progress.report(label, 0, len(todo), unit="tokens", force=True)
 
-            def done(r: Request, c: Completion) -> None:
-                out[r.key] = c
-                if c.error:
-                    self.counts["refused"] += 1
-                    self.log.warning("request %s refused: %s", r.key, c.error)
-                self.cache.put(r, c)
-                self.counts["prompt_tokens"] += c.prompt_tokens
-                self.counts["completion_tokens"] += c.completion_tokens
-                toks[0] += c.completion_tokens
-                n_done[0] += 1
-                dt = max(1e-9, time.perf_counter() - t0)
-                n = n_done[0]
-                rate = f"{n / dt:.2f} items/s {toks[0] / dt:.0f} tok/s"
-                bar.update(task, advance=1, rate=rate)
-                if time.perf_counter() - last_log[0] > 30:  # the log file gets the progress too
-                    last_log[0] = time.perf_counter()
-                    self.log.info("%s: %d/%d, %s", label, n, len(todo), rate)
+        def done(r: Request, c: Completion) -> None:
+            out[r.key] = c
+            if c.error:
+                self.counts["refused"] += 1
+                self.log.warning("request %s refused: %s", r.key, c.error)
+            self.cache.put(r, c)
+            self.counts["prompt_tokens"] += c.prompt_tokens
+            self.counts["completion_tokens"] += c.completion_tokens
+            toks[0] += c.completion_tokens
+            n_done[0] += 1
+            dt = max(1e-9, time.perf_counter() - t0)
+            n = n_done[0]
+            progress.report(label, n, len(todo), rate=toks[0] / dt, unit="tokens", text=f"{n / dt:.2f} items/s")
+            if time.perf_counter() - last_log[0] > 30:  # the log file gets the progress too
+                last_log[0] = time.perf_counter()
+                self.log.info("%s: %d/%d, %.2f items/s %.0f tok/s", label, n, len(todo), n / dt, toks[0] / dt)
 
-            for chunk in self.commit_chunks(todo):
-                self.backend.generate(chunk, done)
-                self.cache.flush()  # a chunk's answers are on disk before the next chunk starts
+        for chunk in self.commit_chunks(todo):
+            self.backend.generate(chunk, done)
+            self.cache.flush()  # a chunk's answers are on disk before the next chunk starts
         dt = time.perf_counter() - t0
         self.counts["generated"] += len(todo)
         self.counts["seconds"] += dt

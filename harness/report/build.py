@@ -221,18 +221,45 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
                  "\n\n".join(tables_md) + "\n\n" + tokens_md + "\n" + con_md)
     (out / "report.md").write_text(report_md)
     if (recipe.get("wandb") or {}).get("mode", "disabled") != "disabled":
-        _log_wandb(recipe, plan.experiment, rows_of, rows_csv, out)
+        _log_wandb(recipe, plan, rows_of, rows_csv, out)
     return results
 
 
-def _log_wandb(recipe: dict, experiment: str, arms: dict[str, ArmData], rows: list[dict], out: Path) -> None:
-    """One W&B run for the report, in the experiment's group: per arm/seed/task scores, the comparison table, and
-    the report's files as an artifact."""
+def run_links(plan: Plan) -> dict:
+    """The W&B runs behind the report: per arm and seed, the training run and where its scores went (the training
+    run itself online, an eval run offline), by id and folder."""
+    links: dict = {}
+    for spec in plan.stages:
+        if spec.kind not in ("train", "eval") or not plan.is_cached(spec):
+            continue
+        run = plan.store.manifest(spec.kind, spec.digest)["result"].get("wandb")
+        if run:
+            arm, seed = spec.id.split("/")[1:3] if spec.id.count("/") == 2 else (spec.id.split("/")[1], "once")
+            links.setdefault(arm, {}).setdefault(seed, {})[spec.kind] = {
+                "id": run["id"], "offline": run["offline"], "dir": str(plan.dir(spec) / run["dir"])}
+    return links
+
+
+def _log_wandb(recipe: dict, plan: Plan, arms: dict[str, ArmData], rows: list[dict], out: Path) -> None:
+    """One W&B run for the report, in the experiment's group: per arm/seed/task scores, the comparison table, the
+    report's files as an artifact, and the runs it was made from (config `runs.<arm>.<seed>.train|eval.id`)."""
     import wandb
 
     from harness import tracking
 
-    run = tracking.init_run(recipe["wandb"], out, group=experiment, name=f"{experiment}-report", job_type="report")
+    experiment = plan.experiment
+    links = run_links(plan)
+    run = tracking.init_run(recipe["wandb"], out, group=experiment, name=f"{experiment}-report", job_type="report",
+                            config={"experiment": experiment, "baseline": recipe["report"]["baseline"],
+                                    "seeds": ",".join(map(str, recipe["seeds"])), "runs": links})
+    if run is None:
+        return
+    runs = wandb.Table(columns=["arm", "seed", "train_run", "scores_run", "scores_on_training_run"])
+    for arm, seeds in links.items():
+        for seed, r in seeds.items():
+            ev = r.get("eval", {})
+            runs.add_data(arm, seed, r.get("train", {}).get("id", ""), ev.get("id", ""),
+                          ev.get("id") == r.get("train", {}).get("id"))
     scores = wandb.Table(columns=["arm", "seed", "task", "metric", "value"])
     for a in arms.values():
         for metric, per_task in a.scores.items():
@@ -240,7 +267,7 @@ def _log_wandb(recipe: dict, experiment: str, arms: dict[str, ArmData], rows: li
                 for k, seed in enumerate(a.seeds):
                     scores.add_data(a.name, seed, _short(task), metric, float(x[k].mean()))
     comparisons = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows]) if rows else None
-    run.log({"scores": scores, **({"comparisons": comparisons} if comparisons is not None else {})})
+    run.log({"scores": scores, "runs": runs, **({"comparisons": comparisons} if comparisons is not None else {})})
     art = wandb.Artifact(f"{experiment}-report", type="report")
     for f in sorted(out.glob("*")):
         if f.is_file():
@@ -289,3 +316,35 @@ def _tokens_table(arms: dict[str, ArmData]) -> str:
         cells = [f"{a.tokens_by_source.get(s, 0):,.0f} ({a.tokens_by_source.get(s, 0) / total:.1%})" for s in sources]
         lines.append(f"| {a.name} | " + " | ".join(cells) + f" | {total:,.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def headline(results: dict):
+    """The comparison a run ends on (a rich Table): each arm's average accuracy and bits per byte of the answers,
+    and their change against the baseline with the 95% interval; significant changes marked."""
+    from rich.table import Table
+
+    base = results["baseline"]
+    t = Table(title=f"{results['experiment']}: average over the tasks, vs {base} "
+                    f"({len(results['seeds'])} seed(s), 95% paired-bootstrap intervals)", title_justify="left")
+    t.add_column("arm")
+    for metric in ("acc", "gold_bpb"):
+        label, higher, scale = METRICS[metric]
+        t.add_column(label, justify="right")
+        t.add_column(f"vs {base}", justify="right")
+    for arm in results["values"]["acc"]:
+        cells = [arm]
+        for metric in ("acc", "gold_bpb"):
+            label, higher, scale = METRICS[metric]
+            value = results["values"][metric][arm]["average"]
+            d = results["comparisons"][f"{metric}_vs_{base}"].get(arm, {}).get("average")
+            fmt = (lambda x: f"{x * scale:+.2f}") if scale != 1 else (lambda x: f"{x:+.4f}")
+            cells.append(f"{value * scale:.2f}" if scale != 1 else f"{value:.4f}")
+            if d is None:
+                cells.append("(reference)" if arm == base else "")
+            else:
+                better = (d["delta"] > 0) == higher
+                style = ("green" if better else "red") if d["significant"] else ""
+                text = f"{fmt(d['delta'])} [{fmt(d['low'])}, {fmt(d['high'])}]"
+                cells.append(f"[{style}]{text}[/]" if style else text)
+        t.add_row(*cells)
+    return t

@@ -60,24 +60,35 @@ class _TruncationCounter(logging.Filter):
         return True
 
 
-def _log_wandb(ctx: StageContext, per_task: dict) -> None:
-    """One W&B run per arm and seed for its evaluation (job type `eval`, the experiment's group, the training run's
-    name): the scores per task and on average in its summary."""
+def _log_wandb(ctx: StageContext, per_task: dict) -> dict | None:
+    """The scores per task and on average, as W&B summary keys `eval/<task>/<metric>`. Online, they land on the
+    training run itself (resumed by its id), so that one row of W&B's run table holds a run's config, curves and
+    scores; offline (or when W&B cannot be reached), in a run of its own (job type `eval`, the same name, group and
+    config). Returns where they went (the report run links it)."""
     from harness import tracking
 
     rt = ctx.spec.runtime
-    run = tracking.init_run(rt.get("wandb"), ctx.workdir, say=ctx.log.warning, group=rt["experiment"],
-                            name=rt["run_name"], job_type="eval",
-                            config={"arm": rt["arm"], "seed": rt["seed"], "tasks": ctx.spec.config["tasks"],
-                                    "limit": ctx.spec.config["limit"],
-                                    "backend": ctx.spec.config.get("backend", "hf")})
-    if run is None:
-        return
-    summary = {f"{task}/{k}": v for task, m in per_task.items() for k, v in m.items()}
+    summary = {f"eval/{task}/{k}": v for task, m in per_task.items() for k, v in m.items()}
     for k in ("acc", "acc_norm", "gold_bpb"):
-        summary[f"average/{k}"] = sum(m[k] for m in per_task.values()) / len(per_task)
+        summary[f"eval/average/{k}"] = sum(m[k] for m in per_task.values()) / len(per_task)
+    trained = (ctx.manifests.get("train") or {}).get("result", {}).get("wandb") or {}
+    run = None
+    if trained and not trained["offline"]:
+        run = tracking.init_run(rt.get("wandb"), ctx.workdir, say=ctx.log.warning, run_id=trained["id"],
+                                resume=True, group=rt["experiment"], name=rt["run_name"], job_type="train")
+    on_training_run = run is not None
+    if run is None:
+        run = tracking.init_run(rt.get("wandb"), ctx.workdir, say=ctx.log.warning, group=rt["experiment"],
+                                name=rt["run_name"], job_type="eval", run_id=f"{ctx.spec.digest}",
+                                config={**rt.get("wandb_config", {"arm": rt["arm"], "seed": rt["seed"]}),
+                                        "eval_tasks": ",".join(ctx.spec.config["tasks"]),
+                                        "eval_backend": ctx.spec.config.get("backend", "hf")})
+    if run is None:
+        return None
     run.summary.update(summary)
+    where = {**tracking.describe(run, ctx.workdir), "on_training_run": on_training_run}
     run.finish()
+    return where
 
 
 @register
@@ -130,8 +141,8 @@ class EvalStage(Stage):
         lm_results = {"results": res["results"], "versions": res.get("versions"), "n-shot": res.get("n-shot"),
                       "configs": res.get("configs"), "group_subtasks": res.get("group_subtasks")}
         (ctx.workdir / "lm_eval_results.json").write_text(json.dumps(lm_results, indent=2, default=str))
-        _log_wandb(ctx, per_task)
-        return {"tasks": per_task, "samples": "samples"}
+        run = _log_wandb(ctx, per_task)
+        return {"tasks": per_task, "samples": "samples", **({"wandb": run} if run else {})}
 
     @staticmethod
     def _evaluate(lm_eval, cfg, tm, hf_dir, ctx):
@@ -146,7 +157,30 @@ class EvalStage(Stage):
                                       random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
 
 
+def _reporting_tqdm(module) -> None:
+    """lm-eval's backends count requests with tqdm: the module's tqdm also tells the console (harness.progress)."""
+    base = module.tqdm
+    if getattr(base, "reports_progress", False):
+        return
+    from harness import progress
+
+    class Reporting(base):
+        reports_progress = True
+
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                progress.report("requests", self.n, self.total, rate=self.format_dict.get("rate"),
+                                unit="requests")
+            return out
+
+    module.tqdm = Reporting
+
+
 def _hf(ctx, hf_dir, device):  # lm-eval's own transformers backend on the export
+    import lm_eval.models.huggingface as hf
+
+    _reporting_tqdm(hf)
     return "hf", f"pretrained={hf_dir},dtype={'float32' if device == 'cpu' else 'bfloat16'}"
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from harness.data import indexed
+from harness.executors.worker import in_worker
 from harness.stages import INTERRUPTED, Stage, StageContext, StageInterrupted, register
 
 
@@ -65,18 +66,24 @@ class TrainStage(Stage):
             "valid": {name[len("valid:"):]: str(ctx.inputs[name] / ctx.manifests[name]["result"]["prefix"])
                       for name in sorted(ctx.inputs) if name.startswith("valid:")},
             "tokenizer": {"path": str(ctx.inputs["tokenizer"] / "tokenizer.json"), **tok},
-            "wandb": rt["wandb"], "peak_flops_per_device": rt["peak_tflops"] * 1e12, **start,
+            "wandb": rt["wandb"], "wandb_config": rt.get("wandb_config", {}), "wandb_id": ctx.spec.digest,
+            "peak_flops_per_device": rt["peak_tflops"] * 1e12, **start,
         }
         spec_path = ctx.workdir / "train_spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         n = rt["nproc_per_node"]
         ctx.log.info("training %s: %s parameters, %d steps of %d x %d tokens, %d process(es)", rt["run_name"],
                      f"{shape.parameters():,}", steps, cfg["train"]["global_batch_size"], shape.seq_length, n)
-        cmd, env = launch_command(n, [sys.executable, "-m", "harness.training.worker", str(spec_path)])
-        ctx.log.info("launch: %s", " ".join(cmd))
+        worker = [sys.executable, "-m", "harness.training.worker", str(spec_path)]
+        cmd, env = launch_command(n, worker)
         marker = ctx.workdir / INTERRUPTED
         marker.unlink(missing_ok=True)
-        rc = _run_forwarding_signals(cmd, ctx.workdir / "train.log", env)
+        if cmd == worker and in_worker():  # one process in the local executor's warm worker: train right here
+            ctx.log.info("training in this process (its output in %s)", ctx.workdir / "train.log")
+            rc = _train_here(spec_path, ctx.workdir / "train.log")
+        else:
+            ctx.log.info("launch: %s", " ".join(cmd))
+            rc = _run_forwarding_signals(cmd, ctx.workdir / "train.log", env)
         # The ranks exit 0 after a save on request (srun would kill the others on a non-zero exit); the marker,
         # written once the checkpoint is complete, tells a stop from the end, whatever status the launcher reports.
         if marker.is_file():
@@ -106,6 +113,21 @@ def launch_command(nproc: int, worker: list[str]) -> tuple[list[str], dict]:
     if nproc == 1:
         return worker, env
     return [worker[0], "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *worker[1:]], env
+
+
+def _train_here(spec_path, logfile) -> int:
+    """The training of one process, in this one: megatron.core, torch and W&B are already imported and started.
+    The same exit statuses as the worker process's; its output to train.log."""
+    from harness.outputs import output_to
+    from harness.training import loop
+    from harness.training.checkpoint import CheckpointMismatch
+
+    with output_to(logfile):
+        try:
+            return loop.main(str(spec_path))
+        except (CheckpointMismatch, ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
 
 def _run_forwarding_signals(cmd: list[str], logfile, env: dict | None = None) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from harness import progress, tracking
 from harness.stages import INTERRUPTED
 from harness.training import checkpoint as ckpt
 from harness.training import collectives as coll
@@ -35,8 +36,11 @@ from harness.training.config import RUNTIME_KEYS
 class Interrupt:
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
+        self.previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def close(self) -> None:  # a process that goes on after training (the warm worker) gets its handlers back
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handler(self, signum, frame):
         self.requested = True
@@ -61,6 +65,11 @@ def init_distributed(workdir: Path, on_cpu: bool, tensor_parallel: int = 1) -> t
             torch.cuda.set_device(local_device_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
         dist.init_process_group(backend)
     else:
+        if dist.is_initialized():  # a one-process group left by an earlier stage of this process (the warm worker)
+            from megatron.core import parallel_state
+
+            parallel_state.destroy_model_parallel()
+            dist.destroy_process_group()
         store_path = workdir / ".pg-store"
         store_path.unlink(missing_ok=True)
         dist.init_process_group(backend, store=dist.FileStore(str(store_path), 1), rank=0, world_size=1)
@@ -337,11 +346,14 @@ class Trainer:
         seq = self.shape.seq_length
         flops_per_token = self.shape.flops_per_token()
         step_seconds, tokens_window = 0.0, 0  # training steps only: validation and checkpoints are not throughput
+        run_seconds, run_tokens = 0.0, 0  # the same since this process started, for the console
         try:
             for step in range(start, self.steps):
                 t_step = time.perf_counter()
                 rec = self.train_step(step)  # its loss is read on the host: the step's device work is done
                 step_seconds += time.perf_counter() - t_step
+                run_seconds += time.perf_counter() - t_step
+                run_tokens += self.gbs * seq
                 ids = self.sample_source[step * self.gbs:(step + 1) * self.gbs]
                 tokens_by_source += np.bincount(ids, minlength=len(self.source_names)) * seq
                 tokens_window += self.gbs * seq
@@ -360,6 +372,9 @@ class Trainer:
                 if done % tr["eval_interval"] == 0 or done == self.steps:
                     rec.update(self.evaluate())
                 self._log(rec)
+                if self.rank == 0:
+                    progress.report("step", done, self.steps, rate=run_tokens / max(run_seconds, 1e-9),
+                                    unit="tokens", text=f"loss {rec['loss']:.3f}")
                 stop = interrupt.agreed(self.device)
                 if done % tr["save_interval"] == 0 or done == self.steps or stop:
                     self._save(ckpt_root, done, tokens_by_source)
@@ -373,6 +388,7 @@ class Trainer:
             self.checkpoints.wait()
         finally:
             self.checkpoints.close()
+            interrupt.close()
         nodes: list = [None] * self.world  # where the ranks ran (Slurm's node names under srun)
         dist.all_gather_object(nodes, os.environ.get("SLURMD_NODENAME") or socket.gethostname())
         if self.rank == 0:
@@ -385,6 +401,8 @@ class Trainer:
                       "flops_per_token": flops_per_token, "nodes": sorted(set(nodes))}
             last_rec = [json.loads(l) for l in self.log_path.read_text().splitlines()][-1]
             result.update({k: v for k, v in last_rec.items() if k == "loss" or k.startswith("valid/")})
+            if self.wandb is not None:
+                result["wandb"] = tracking.describe(self.wandb, self.workdir)
             (self.workdir / "result.json").write_text(json.dumps(result, indent=2))
             if self.wandb is not None:
                 self.wandb.summary.update(result)
@@ -392,12 +410,13 @@ class Trainer:
         return 0
 
     def _init_wandb(self):
-        from harness import tracking
-
+        blend = {k: v for k, v in self.spec["blend"].items() if k not in ("cache", "sources")}  # no lists: W&B
+        # cannot filter inside one; the sources' shares are the flat `share.<source>` keys of wandb_config
         return tracking.init_run(self.spec.get("wandb"), self.workdir, group=self.spec["experiment"],
-                                 name=self.spec["run_name"], job_type="train",
-                                 config={"model": self.spec["model"], "train": self.spec["train"],
-                                         "blend": {k: v for k, v in self.spec["blend"].items() if k != "cache"}},
+                                 name=self.spec["run_name"], job_type="train", run_id=self.spec.get("wandb_id"),
+                                 config={**self.spec.get("wandb_config", {}), "parameters": self.shape.parameters(),
+                                         "shape": self.spec["model"], "train": self.spec["train"], "blend": blend,
+                                         "world_size": self.world},
                                  say=self._say)
 
     def _say(self, msg: str) -> None:
@@ -412,5 +431,8 @@ def main(spec_path: str) -> int:
         trainer.build()
         return trainer.run()
     finally:
+        from megatron.core import parallel_state
+
+        parallel_state.destroy_model_parallel()  # a process that trains again (the warm worker) starts afresh
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -134,9 +134,12 @@ def _headline(p, r, rebuild: bool = True) -> None:
     exp = p.store.experiment_dir(p.experiment)
     saved = exp / "report" / "results.json"
     if rebuild or not saved.is_file():
+        from harness.outputs import output_to
+
         recipe = yaml.safe_load((exp / "recipe.yaml").read_text())
         try:
-            results = build(p, recipe, exp / "report", n_boot=recipe.get("report", {}).get("bootstrap", 2000))
+            with output_to(exp / "report.log"):  # W&B's chatter and warnings, as a stage's go to its log
+                results = build(p, recipe, exp / "report", n_boot=recipe.get("report", {}).get("bootstrap", 2000))
         except ReportError as e:
             console.print(f"[yellow]no report[/]: {escape(str(e))}", highlight=False)
             return

@@ -120,7 +120,13 @@ def test_a_dead_worker_fails_its_stage_alone(tmp_path, cli):
             if worker_pid[0] is None:
                 import psutil
 
-                kids = psutil.Process().children()
+                kids = []
+                for p in psutil.Process().children():  # the worker, not another test's leftover (or zombie) child
+                    try:
+                        if "harness.executors.worker" in p.cmdline():
+                            kids.append(p)
+                    except psutil.Error:
+                        pass
                 if kids:
                     worker_pid[0] = kids[0].pid
                     os.kill(worker_pid[0], 9)

@@ -89,6 +89,12 @@ class Worker:
 def run(plan: Plan, only: list[str] | None = None, view=None) -> Outcome:
     """Runs the selection; `view` (harness.executors.console.View) is told each stage's state and progress."""
     todo = select_stages(plan, only)
+    if view is None:  # plain lines on stderr
+        from rich.console import Console
+
+        from harness.executors.console import View
+
+        view = View(todo, Console(stderr=True), live=False)
     out = Outcome()
     broken: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="harness-run-") as tmp:

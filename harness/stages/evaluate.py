@@ -199,6 +199,9 @@ def _vllm(ctx, hf_dir, device):  # lm-eval's vLLM backend on the export: GPU nod
                            "use hf or megatron here") from None
     if device != "cuda":
         raise RuntimeError("eval.backend vllm needs a GPU; use hf or megatron on a CPU")
+    import lm_eval.models.vllm_causallms as vllm_lm
+
+    _reporting_tqdm(vllm_lm)
     return "vllm", f"pretrained={hf_dir},dtype=bfloat16,gpu_memory_utilization=0.8"
 
 

@@ -37,8 +37,8 @@ def recipe(tmp: Path, arms: int, seeds: int, tokens: int) -> Path:
     (tmp / "late.jsonl").write_text("\n".join(docs[150:]) + "\n")
     r = {"experiment": "bench_local", "profile": "local", "store": str(tmp / "shared"),
          "corpora": {"sotu": {"paths": [str(tmp / "early.jsonl")]}, "sotu2": {"paths": [str(tmp / "late.jsonl")]}},
-         "tokenizer": {"kind": "bpe", "vocab_size": 4096, "train_on": ["sotu"]},
-         "data": {"tokens": tokens, "seq_length": 128},
+         "tokenizer": {"kind": "bpe", "vocab_size": 8192, "train_on": ["sotu"]},
+         "data": {"tokens": tokens, "seq_length": 256},
          "arms": [{"name": f"a{i}", "mix": {"sotu": s, **({"sotu2": round(1 - s, 2)} if s < 1 else {})}}
                   for i, s in enumerate(shares)],
          "model": "tiny", "seeds": list(range(1, seeds + 1)),

@@ -109,7 +109,7 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
     p.save(r)
     if not pending:
         out.print(f"[green]nothing to run[/]: all {len(todo)} stages of '{r.experiment}' are cached")
-        _headline(p, r, rebuild=False)
+        _headline(p, rebuild=False)
         return
     from harness.executors.console import View
 
@@ -118,10 +118,10 @@ def run(recipe: Path, overrides: Optional[List[str]] = OVERRIDES, store: Optiona
     out.print(f"{len(res.ran)} ran, {len(res.cached)} cached, {len(res.failed)} failed, {len(res.skipped)} skipped")
     if not res.ok:
         raise typer.Exit(1)
-    _headline(p, r)
+    _headline(p)
 
 
-def _headline(p, r, rebuild: bool = True) -> None:
+def _headline(p, rebuild: bool = True) -> None:
     """When a run leaves every evaluation of the experiment published: its report (rebuilt, or as it stands when
     nothing ran), and the comparison that matters most printed here (the full tables are in report.md)."""
     import yaml

@@ -169,12 +169,13 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
         valid_deps = {f"valid:{s}": f"tokenize/{s}" for s in used if s in recipe.corpora or arm.mix.get(s, 0) > 0}
         for seed in recipe.seeds:
             tid = f"train/{arm.name}/seed{seed}"
+            run_config = tracking.run_config(recipe, arm, seed)  # the training's and its evaluation's W&B config
             stages.append(StageSpec(tid, "train",
                                     {"model": model_cfg, "train": train, "seq_length": d.seq_length, "seed": int(seed)},
                                     {"nproc_per_node": prof.nproc_per_node, "peak_tflops": prof.peak_tflops,
                                      "train": runtime_train, "experiment": recipe.experiment,
                                      "run_name": f"{arm.name}-seed{seed}", "wandb": rcp.to_dict(recipe.wandb),
-                                     "wandb_config": tracking.run_config(recipe, arm, seed)},
+                                     "wandb_config": run_config},
                                     {"tokenizer": "tokenizer", "blend": f"blend/{arm.name}/seed{seed}", **valid_deps,
                                      **base_dep}))
             stages.append(StageSpec(f"export/{arm.name}/seed{seed}", "export", {}, {},
@@ -186,7 +187,7 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {"batch_size": e.batch_size, "experiment": recipe.experiment, "arm": arm.name,
                                      "seed": int(seed), "run_name": f"{arm.name}-seed{seed}",
                                      "wandb": rcp.to_dict(recipe.wandb),
-                                     "wandb_config": tracking.run_config(recipe, arm, seed)},
+                                     "wandb_config": run_config},
                                     {"export": f"export/{arm.name}/seed{seed}", "train": tid, "suite": "suite"}))
 
     if continuation:  # the base itself, evaluated once: what every arm's continuation starts from

@@ -70,6 +70,17 @@ def base_recipe(tmp_path: Path, **extra) -> dict:
     return r
 
 
+def junk_recipe(tmp_path: Path) -> dict:
+    """base_recipe with a third arm that mixes in a corpus of malformed records: its tokenize stage fails."""
+    r = base_recipe(tmp_path)
+    (tmp_path / "corpora").mkdir(exist_ok=True)
+    (tmp_path / "corpora" / "junk.jsonl").write_text('{"oops": 1}\n' * 2000)
+    r["corpora"]["junk"] = {"paths": ["corpora/junk.jsonl"]}
+    r["tokenizer"]["train_on"] = ["web"]
+    r["arms"].append({"name": "withjunk", "mix": {"web": 0.5, "junk": 0.5}})
+    return r
+
+
 @pytest.fixture
 def cli():
     runner = CliRunner()

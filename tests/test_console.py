@@ -8,7 +8,7 @@ import time
 
 from rich.console import Console
 
-from conftest import base_recipe, write_recipe
+from conftest import base_recipe, junk_recipe, write_recipe
 from harness import progress
 from harness.executors import local
 from harness.executors.console import View, describe
@@ -19,16 +19,10 @@ STAMP = r"^\d\d:\d\d:\d\d "
 
 
 def test_a_failing_and_a_succeeding_stage_as_plain_lines(tmp_path, cli):
-    r = base_recipe(tmp_path)
-    (tmp_path / "corpora").mkdir(exist_ok=True)
-    (tmp_path / "corpora" / "junk.jsonl").write_text('{"oops": 1}\n' * 2000)
-    r["corpora"]["junk"] = {"paths": ["corpora/junk.jsonl"]}
-    r["tokenizer"]["train_on"] = ["web"]
-    r["arms"] = [{"name": "base", "mix": {"web": 1.0}}, {"name": "withjunk", "mix": {"web": 0.5, "junk": 0.5}}]
-    path = write_recipe(tmp_path / "r.yaml", r)
+    path = write_recipe(tmp_path / "r.yaml", junk_recipe(tmp_path))
     code, out = cli("run", path, "--only", "blend")
     assert code == 1, out
-    assert re.search(STAMP + r"running tokenizer \(1/5\)$", out, re.M), out
+    assert re.search(STAMP + r"running tokenizer \(1/7\)$", out, re.M), out
     assert re.search(STAMP + r"done tokenizer in \d+\.\d s$", out, re.M), out
     assert re.search(STAMP + r"done tokenize/web in ", out, re.M), out
     m = re.search(STAMP + r"failed tokenize/junk \(exit 1\) after [\d.]+ s; last lines of (\S+):$", out, re.M)
@@ -38,7 +32,7 @@ def test_a_failing_and_a_succeeding_stage_as_plain_lines(tmp_path, cli):
     tail = out[m.end():]
     assert "no valid document" in tail and "junk.jsonl:1: missing field" in tail, "the log's tail follows"
     assert re.search(STAMP + r"skipped blend/withjunk/seed1: an input failed$", out, re.M), out
-    assert "3 ran, 0 cached, 1 failed, 1 skipped" in out, out
+    assert "5 ran, 0 cached, 1 failed, 1 skipped" in out, out
     assert re.search(r"^\d\d:\d\d:\d\d INFO \[tokenize/junk\] tokenizing", tail, re.M), "the tail as logged"
     assert "published" not in out, "the stages' own log lines stay in their logs"
 

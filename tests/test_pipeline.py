@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from conftest import base_recipe, make_docs, write_jsonl, write_recipe
+from conftest import base_recipe, junk_recipe, make_docs, write_jsonl, write_recipe
 from harness import recipe as rcp
 from harness.plan import Plan, build
 from harness.store import Store
@@ -116,13 +116,7 @@ def test_too_many_epochs_refused_with_amount(tmp_path, cli):
 
 
 def test_failing_stage_stops_dependents_and_shows_log(tmp_path, cli):
-    r = base_recipe(tmp_path)
-    (tmp_path / "corpora").mkdir(exist_ok=True)
-    (tmp_path / "corpora" / "junk.jsonl").write_text('{"oops": 1}\n' * 2000)
-    r["corpora"]["junk"] = {"paths": ["corpora/junk.jsonl"]}
-    r["tokenizer"]["train_on"] = ["web"]
-    r["arms"].append({"name": "withjunk", "mix": {"web": 0.5, "junk": 0.5}})
-    path = write_recipe(tmp_path / "r.yaml", r)
+    path = write_recipe(tmp_path / "r.yaml", junk_recipe(tmp_path))
     code, out = cli("run", path, "--only", "blend")
     assert code == 1
     flat = " ".join(out.split())

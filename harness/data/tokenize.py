@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from harness import progress
 from harness.data import indexed
 from harness.data.readers import ReadStats, Shard, read_shard
 from harness.data.tokenizer import load as load_tokenizer
@@ -217,8 +218,6 @@ class Progress:
         self.done_bytes += nbytes
         self.tokens += ntokens
         rate = self.tokens / max(1e-9, time.perf_counter() - self.t0)
-        from harness import progress
-
         progress.report("MB", self.done_bytes / 1e6, self.total / 1e6, rate=rate, unit="tokens")
         if self.live:
             self._p.update(self._task, completed=self.done_bytes, tps=f"{rate:,.0f}")

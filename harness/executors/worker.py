@@ -30,52 +30,51 @@ def _forget_process_group() -> None:
     """A stage that needed torch.distributed in this lone process (blend, export, evaluation on the checkpoint)
     leaves a process group whose file store was in its work folder, renamed on publishing: the next stage starts
     without it, as a fresh process would."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return
     parallel_state = sys.modules.get("megatron.core.parallel_state")
     if parallel_state is not None:
         parallel_state.destroy_model_parallel()
-    dist.destroy_process_group()
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def serve(plan_path: str) -> int:
     from harness.outputs import output_to
     from harness.plan import Plan
-    from harness.progress import ENV
-    from harness.runner import EXIT_FAILED, run_stage
 
     # the request and reply streams on descriptors of their own, which the processes a stage starts do not inherit
     requests, replies = os.fdopen(os.dup(0)), os.fdopen(os.dup(1), "w", buffering=1)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    own_log = os.environ.get(LOG_ENV, os.devnull)
-    fd = os.open(own_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    for line in requests:
-        req = json.loads(line)
-        plan = Plan.load(plan_path)  # stages published since the last request are seen as such
-        spec = plan.by_id(req["stage"])
-        if plan.is_cached(spec):  # published by another run meanwhile
-            replies.write(json.dumps({"stage": spec.id, "rc": 0}) + "\n")
-            continue
-        partial = plan.store.partial_dir(spec.kind, spec.digest)
-        partial.mkdir(parents=True, exist_ok=True)
-        os.environ[ENV] = req["progress"]
-        with output_to(partial / "log.txt"):
-            try:
-                rc = run_stage(plan, spec.id, echo=False)
-            except BaseException:  # what run_stage does not catch (KeyboardInterrupt, SystemExit) fails the stage
-                traceback.print_exc()
-                rc = EXIT_FAILED
-        os.environ.pop(ENV, None)
-        _forget_process_group()
-        gc.collect()  # the stage's models and datasets, before the next stage loads its own
-        replies.write(json.dumps({"stage": spec.id, "rc": rc}) + "\n")
+    with output_to(os.environ.get(LOG_ENV, os.devnull)):  # between stages: the worker's own log
+        for line in requests:
+            _serve_one(Plan.load(plan_path), json.loads(line), replies)  # reloaded: stages published meanwhile
     return 0
+
+
+def _serve_one(plan, req: dict, replies) -> None:
+    from harness.outputs import output_to
+    from harness.progress import ENV
+    from harness.runner import EXIT_FAILED, run_stage
+
+    spec = plan.by_id(req["stage"])
+    if plan.is_cached(spec):  # published by another run meanwhile
+        replies.write(json.dumps({"stage": spec.id, "rc": 0}) + "\n")
+        return
+    partial = plan.store.partial_dir(spec.kind, spec.digest)
+    partial.mkdir(parents=True, exist_ok=True)
+    os.environ[ENV] = req["progress"]
+    with output_to(partial / "log.txt"):
+        try:
+            rc = run_stage(plan, spec.id, echo=False)
+        except BaseException:  # what run_stage does not catch (KeyboardInterrupt, SystemExit) fails the stage
+            traceback.print_exc()
+            rc = EXIT_FAILED
+    os.environ.pop(ENV, None)
+    _forget_process_group()
+    gc.collect()  # the stage's models and datasets, before the next stage loads its own
+    replies.write(json.dumps({"stage": spec.id, "rc": rc}) + "\n")
 
 
 if __name__ == "__main__":  # the guard matters: stages start processes that re-import their parent's main module

@@ -11,8 +11,8 @@ import time
 from contextlib import ExitStack
 from typing import Callable
 
-from harness.generation.backends import Backend, Completion, Request
 from harness import progress
+from harness.generation.backends import Backend, Completion, Request
 from harness.generation.cache import RequestCache
 
 

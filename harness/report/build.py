@@ -126,12 +126,17 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
     return arms
 
 
+def _value(x: float, scale: float, sign: str = "") -> str:
+    """A metric's value (sign "+": a delta) as the tables print it: percentages with 2 decimals, bpb with 4."""
+    return f"{x * scale:{sign}.2f}" if scale != 1 else f"{x:{sign}.4f}"
+
+
 def _cell(value: float, delta: stats.Delta | None, scale: float, higher: bool) -> tuple[str, str]:
     """(markdown, latex) text of one cell: the arm's value, and for a compared arm its delta and interval."""
-    v = f"{value * scale:.2f}" if scale != 1 else f"{value:.4f}"
+    v = _value(value, scale)
     if delta is None:
         return v, v
-    fmt = (lambda x: f"{x * scale:+.2f}") if scale != 1 else (lambda x: f"{x:+.4f}")
+    fmt = lambda x: _value(x, scale, "+")  # noqa: E731
     better = (delta.estimate > 0) == higher
     mark = ("**" if better else "_") if delta.significant else ""
     md = f"{v} ({mark}{fmt(delta.estimate)}{mark} [{fmt(delta.low)}, {fmt(delta.high)}])"
@@ -337,8 +342,8 @@ def headline(results: dict):
             label, higher, scale = METRICS[metric]
             value = results["values"][metric][arm]["average"]
             d = results["comparisons"][f"{metric}_vs_{base}"].get(arm, {}).get("average")
-            fmt = (lambda x: f"{x * scale:+.2f}") if scale != 1 else (lambda x: f"{x:+.4f}")
-            cells.append(f"{value * scale:.2f}" if scale != 1 else f"{value:.4f}")
+            fmt = lambda x: _value(x, scale, "+")  # noqa: E731
+            cells.append(_value(value, scale))
             if d is None:
                 cells.append("(reference)" if arm == base else "")
             else:

@@ -65,11 +65,6 @@ def init_distributed(workdir: Path, on_cpu: bool, tensor_parallel: int = 1) -> t
             torch.cuda.set_device(local_device_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
         dist.init_process_group(backend)
     else:
-        if dist.is_initialized():  # a one-process group left by an earlier stage of this process (the warm worker)
-            from megatron.core import parallel_state
-
-            parallel_state.destroy_model_parallel()
-            dist.destroy_process_group()
         store_path = workdir / ".pg-store"
         store_path.unlink(missing_ok=True)
         dist.init_process_group(backend, store=dist.FileStore(str(store_path), 1), rank=0, world_size=1)
@@ -346,14 +341,13 @@ class Trainer:
         seq = self.shape.seq_length
         flops_per_token = self.shape.flops_per_token()
         step_seconds, tokens_window = 0.0, 0  # training steps only: validation and checkpoints are not throughput
-        run_seconds, run_tokens = 0.0, 0  # the same since this process started, for the console
+        run_seconds = 0.0  # the same since this process started, for the console
         try:
             for step in range(start, self.steps):
                 t_step = time.perf_counter()
                 rec = self.train_step(step)  # its loss is read on the host: the step's device work is done
                 step_seconds += time.perf_counter() - t_step
                 run_seconds += time.perf_counter() - t_step
-                run_tokens += self.gbs * seq
                 ids = self.sample_source[step * self.gbs:(step + 1) * self.gbs]
                 tokens_by_source += np.bincount(ids, minlength=len(self.source_names)) * seq
                 tokens_window += self.gbs * seq
@@ -373,7 +367,7 @@ class Trainer:
                     rec.update(self.evaluate())
                 self._log(rec)
                 if self.rank == 0:
-                    progress.report("step", done, self.steps, rate=run_tokens / max(run_seconds, 1e-9),
+                    progress.report("step", done, self.steps, rate=(done - start) * self.gbs * seq / run_seconds,
                                     unit="tokens", text=f"loss {rec['loss']:.3f}")
                 stop = interrupt.agreed(self.device)
                 if done % tr["save_interval"] == 0 or done == self.steps or stop:
@@ -431,8 +425,5 @@ def main(spec_path: str) -> int:
         trainer.build()
         return trainer.run()
     finally:
-        from megatron.core import parallel_state
-
-        parallel_state.destroy_model_parallel()  # a process that trains again (the warm worker) starts afresh
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from harness.evaluation.offline_suite import _winogrande, write_group, write_split, write_task_yaml
-from harness.seeds.collect import leaf_tasks
+from harness.seeds.collect import describe, leaf_tasks
 
 SPLITS = {"train": "training_docs", "validation": "validation_docs", "test": "test_docs"}
 
@@ -39,20 +39,24 @@ def _normalise(task, name: str, doc: dict) -> dict:
     return {"query": query, "choices": choices, "gold": gold}
 
 
-def read_task(tm, lm_task: str) -> dict[str, list[dict]]:
-    """{split: docs} of an lm-eval task or group, in the suite schema."""
+def read_task(tm, lm_task: str) -> tuple[dict[str, list[dict]], str]:
+    """({split: docs} of an lm-eval task or group, in the suite schema; what it tests, in words). The subtasks of a
+    group are flattened into one task whose documents keep their own subtask and description (seeds read them)."""
     from lm_eval.tasks import get_task_dict
 
     if lm_task not in tm.all_tasks:
         raise SuiteError(f"lm-eval has no task or group '{lm_task}'")
+    leaves = sorted(leaf_tasks(get_task_dict([lm_task], tm)).items())
     splits: dict[str, list[dict]] = {}
-    for name, task in sorted(leaf_tasks(get_task_dict([lm_task], tm)).items()):
+    for name, task in leaves:
         if task.OUTPUT_TYPE != "multiple_choice":
             raise SuiteError(f"task {name} is {task.OUTPUT_TYPE}: the suite holds multiple-choice tasks")
+        own = {"subtask": name, "description": describe(task, name)} if len(leaves) > 1 else {}
         for split, method in SPLITS.items():
             if getattr(task, f"has_{method.split('_')[0]}_docs")():
-                splits.setdefault(split, []).extend(_normalise(task, name, d) for d in getattr(task, method)())
-    return splits
+                splits.setdefault(split, []).extend({**_normalise(task, name, d), **own}
+                                                    for d in getattr(task, method)())
+    return splits, describe(leaves[0][1], lm_task) if len(leaves) == 1 else lm_task.replace("_", " ")
 
 
 def build(name: str, definition: dict, out: Path, final: Path, include_path: str | None = None) -> dict:
@@ -65,12 +69,14 @@ def build(name: str, definition: dict, out: Path, final: Path, include_path: str
     shutil.rmtree(tmp_out, ignore_errors=True)
     counts: dict[str, dict[str, int]] = {}
     for task, lm_task in definition["tasks"].items():
-        splits = {split: docs for split, docs in read_task(tm, lm_task).items() if docs}
+        splits, description = read_task(tm, lm_task)
+        splits = {split: docs for split, docs in splits.items() if docs}
         if not set(splits) & {"validation", "test"}:
             raise SuiteError(f"suite {name}: task {task} ({lm_task}) has no validation or test split to evaluate on")
         files = {split: write_split(tmp_out, final, task, split, docs) for split, docs in splits.items()}
         counts[task] = {split: len(docs) for split, docs in splits.items()}
-        write_task_yaml(tmp_out / "tasks", prefix, task, files)
+        write_task_yaml(tmp_out / "tasks", prefix, task, files,
+                        definition.get("descriptions", {}).get(task) or description)
     for group, tasks in definition["groups"].items():
         write_group(tmp_out / "tasks", f"{prefix}{group}", [prefix + t for t in tasks])
     write_group(tmp_out / "tasks", name, [prefix + g for g in definition["groups"]])

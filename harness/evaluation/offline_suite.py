@@ -114,7 +114,7 @@ def build(out: Path, wheels: Path, final: Path | None = None) -> dict:
                 raise ValueError(f"{SUITE}: task {task} split {split}: unknown source kind '{kind}'")
             files[split] = write_split(tmp_out, final, task, split, docs)
             counts[task][split] = len(docs)
-        write_task_yaml(tmp_out / "tasks", PREFIX, task, files)
+        write_task_yaml(tmp_out / "tasks", PREFIX, task, files, suite.get("descriptions", {}).get(task))
     for group, tasks in suite["groups"].items():
         write_group(tmp_out / "tasks", f"{PREFIX}{group}", [PREFIX + t for t in tasks])
     write_group(tmp_out / "tasks", "offline", [PREFIX + g for g in suite["groups"]])
@@ -135,7 +135,9 @@ def write_split(out: Path, final: Path, task: str, split: str, docs: list[dict])
     return str((final / "data" / task / f"{split}.jsonl").resolve())
 
 
-def write_task_yaml(folder: Path, prefix: str, task: str, files: dict[str, str]) -> None:
+def write_task_yaml(folder: Path, prefix: str, task: str, files: dict[str, str], description: str | None = None) -> None:
+    """The task's lm-eval YAML; `description` (what it tests, in words) goes into its metadata, where seeds read it
+    for the generator's prompt."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = {
         "task": prefix + task,
@@ -149,7 +151,7 @@ def write_task_yaml(folder: Path, prefix: str, task: str, files: dict[str, str])
         "target_delimiter": " ",
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
                         {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0},
+        "metadata": {"version": 1.0, **({"description": description} if description else {})},
     }
     if "train" in files:
         spec["training_split"] = "train"

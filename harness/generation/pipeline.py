@@ -19,18 +19,9 @@ from harness.generation.backends import Request
 from harness.generation.driver import Driver, request_seed
 from harness.generation.prompts import Templates
 
-TASK_DESCRIPTIONS = {
-    "arc_easy": "grade-school science", "arc_challenge": "hard grade-school science",
-    "boolq": "reading comprehension (yes/no questions about a passage)", "csqa": "commonsense knowledge",
-    "hellaswag": "commonsense about how everyday activities continue", "openbookqa": "elementary science facts",
-    "piqa": "physical commonsense (how to do everyday things)", "socialiqa": "social commonsense (people's "
-    "motivations and reactions)", "winogrande": "commonsense pronoun and reference resolution",
-}
-
-
-def describe(task: str) -> str:
-    base = task.removeprefix("offline_")
-    return TASK_DESCRIPTIONS.get(base, f"general knowledge ({base.replace('_', ' ')})")
+def describe(seed: dict) -> str:
+    """What the seed's task tests, in words: recorded with the seed from the task's own definition."""
+    return seed.get("description") or seed["task"].replace("_", " ")
 
 
 @dataclass
@@ -99,7 +90,7 @@ def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages, s: S
         kind = fmt.item_type(seed)
         passage = picked[p] if p is not None else None
         n_opt = len(seed["choices"]) if seed.get("choices") and kind != "yesno" else None
-        prompt = tpl.render(f"similar_{kind}", task_description=describe(seed["task"]),
+        prompt = tpl.render(f"similar_{kind}", task_description=describe(seed),
                             examples=[fmt.show(x, kind) for x in shots], n_options=n_opt or 0,
                             letters=fmt.LETTERS[:n_opt or 0], passage=passage["text"] if passage else None,
                             with_passage=bool(seed.get("context")))

@@ -1,14 +1,18 @@
 """Seeds: the TRAIN splits of lm-eval tasks, rendered through each task's own doc_to_text / doc_to_choice /
 doc_to_target and normalised into one schema. Validation and test splits are never read here.
 
-Schema (one JSON object per line): seed_id, task, subtask, question, context (or null), choices (list or null),
-answer_index (or null), answer_text, prompt (the task's own rendering), split ("train").
+Schema (one JSON object per line): seed_id, task, subtask, description (what the task tests, in words), question,
+context (or null), choices (option texts, or null), answer_index (or null), answer_text (always the answer itself,
+never a letter), explanation (where the task has a worked solution), prompt (the task's own rendering), split
+("train").
 """
 
 from __future__ import annotations
 
 import random
 import re
+
+from harness.seeds.normalise import NormaliseError, normalise
 
 
 class SeedError(ValueError):
@@ -26,13 +30,39 @@ def leaf_tasks(task_dict) -> dict:
     return out
 
 
-def _split_prompt(prompt: str) -> tuple[str | None, str]:
-    """(context, question) from a rendered prompt: a passage before "Question:" is context; answer cues go."""
-    text = re.sub(r"\s*Answer:\s*$", "", prompt.strip())
-    if "\nQuestion:" in text:
-        context, question = text.rsplit("\nQuestion:", 1)
-        return context.strip() or None, question.strip()
-    return None, re.sub(r"^(Question|Goal):\s*", "", text).strip()
+_FILE_BUILDERS = {"json", "arrow", "parquet", "csv", "text"}
+
+
+def describe(task, name: str) -> str:
+    """What a task tests, in words, for the generator's prompt: the task's own `metadata.description` (the suites
+    write one), else the subject of a description such as MMLU's "... (with answers) about anatomy.", else its name
+    and dataset."""
+    cfg = task.config
+    meta = cfg.metadata if isinstance(cfg.metadata, dict) else {}
+    if meta.get("description"):
+        return str(meta["description"])
+    m = re.search(r"\babout (.+?)\.?\s*$", (cfg.description or "").strip())
+    if m:
+        return m.group(1).replace("_", " ")
+    words = (getattr(cfg, "task_alias", None) or name).replace("_", " ")
+    path = cfg.dataset_path or ""
+    if path and path not in _FILE_BUILDERS:
+        return f"{words} ({path}{'/' + cfg.dataset_name if cfg.dataset_name else ''})"
+    return words
+
+
+def seed_record(task, name: str, doc: dict, i: int) -> dict:
+    """One train document of `task` in the seed schema (see harness.seeds.normalise)."""
+    prompt = task.doc_to_text(doc)
+    mc = task.OUTPUT_TYPE == "multiple_choice"
+    try:
+        item = normalise(prompt, task.doc_to_choice(doc) if mc else None, task.doc_to_target(doc), task.OUTPUT_TYPE)
+    except NormaliseError as e:
+        raise SeedError(f"task {name}, train document {i}: {e}") from None
+    # a suite snapshot of a group records each document's own subtask and description
+    return {"seed_id": f"{name}/train/{i}", "task": name, "subtask": doc.get("subtask") or name,
+            "description": doc.get("description") or describe(task, name), **item, "prompt": prompt,
+            "split": "train"}
 
 
 def allocate(sizes: dict[str, int], cap: int | None, how: str) -> dict[str, int]:
@@ -84,20 +114,7 @@ def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_s
         order = list(range(len(docs)))
         if quota[name] < len(docs):
             order = sorted(random.Random(f"{sample_seed}:{name}").sample(order, quota[name]))
-        for i in order:
-            doc = docs[i]
-            prompt = task.doc_to_text(doc)
-            choices = task.doc_to_choice(doc) if task.OUTPUT_TYPE == "multiple_choice" else None
-            target = task.doc_to_target(doc)
-            if choices is not None:
-                index = int(target) if not isinstance(target, str) else choices.index(target)
-                answer = choices[index]
-            else:
-                index, answer = None, str(target)
-            context, question = _split_prompt(str(prompt))
-            records.append({"seed_id": f"{name}/train/{i}", "task": name, "subtask": name, "question": question,
-                            "context": context, "choices": choices, "answer_index": index, "answer_text": answer,
-                            "prompt": prompt, "split": "train"})
+        records.extend(seed_record(task, name, docs[i], i) for i in order)
         counts[name] = {"train_docs": len(docs), "seeds": len(order)}
     per_group = {g: {"subtasks": len(leaves), "seeds": sum(counts[n]["seeds"] for n in leaves)}
                  for g, leaves in groups.items()}

@@ -13,6 +13,7 @@ from harness.stages import Stage, StageContext, register, write_jsonl
 @register
 class SeedsStage(Stage):
     kind = "seeds"
+    version = 2  # answers as text whatever the prompt shape (letters, "Q:/A:", partial scoring); descriptions
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config

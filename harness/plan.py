@@ -16,6 +16,7 @@ from pathlib import Path
 import harness
 from harness import recipe as rcp
 from harness import tracking
+from harness.seeds.config import selection as seed_selection
 from harness.stages import StageSpec, get
 from harness.store import Store, write_json_atomic
 from harness.training.config import RUNTIME_KEYS
@@ -114,9 +115,8 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
             continue
         syn = recipe.synthetic[name]
         if syn.kind in ("seed_render", "task_seeded"):
-            sel = {"tasks": list(syn.tasks), "per_task_cap": syn.per_task_cap, "sample_seed": syn.seed}
-            if syn.per_group_cap is not None:  # (absent otherwise: earlier seed sets keep their hash)
-                sel.update(per_group_cap=syn.per_group_cap, stratify=syn.stratify)
+            sel = seed_selection(syn.tasks, syn.categories, syn.per_task_cap, syn.per_group_cap, syn.stratify,
+                                 syn.seed)
             stages.append(StageSpec(f"seeds/{name}", "seeds", sel, {}, {"suite": "suite"}))
         items = f"seeds/{name}"
         if syn.kind in rcp.GENERATED_KINDS:
@@ -257,7 +257,7 @@ def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:
 def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list[StageSpec]) -> list[StageSpec]:
     """passages/<name> (when grounded), generate/<name> (or its shards) and filter/<name>, plus the shared eval
     index."""
-    from harness.generation.config import uses_vllm
+    from harness.generation.config import prefills, uses_vllm
     from harness.generation.prompts import Templates
 
     syn, g = recipe.synthetic[name], recipe.generator
@@ -272,6 +272,8 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
         gen["vllm"] = {"generation_config": g.vllm.generation_config, "max_model_len": g.vllm.max_model_len}
     if g.backend == "transformers":
         gen["batch_size"] = g.batch_size  # batches share a sampling seed: the batch size changes the samples
+    if prefills(g):  # (absent otherwise: sets generated before the setting keep their hash)
+        gen["prefill"] = True
     config = {"kind": syn.kind, "seed": syn.seed, "samples_per_seed": syn.samples_per_seed, "fewshot": syn.fewshot,
               "context_share": syn.context_share, "pairs_per_passage": syn.pairs_per_passage, "enrich": syn.enrich,
               "verify_votes": syn.verify_votes, "generator": gen, "model_id": model_identity(g, store),

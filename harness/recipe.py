@@ -22,6 +22,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
+from harness.seeds.config import CategoryConfig
+from harness.seeds.config import validate as validate_seed_selection
 from harness.training.base import BaseConfig, validate_base
 from harness.training.config import (TrainConfig, WandbConfig, validate_parallel, validate_train,
                                      validate_train_for_model, validate_wandb)
@@ -61,7 +63,9 @@ class SyntheticConfig:
       alone, nothing about any task; deduplicated and decontaminated the same way."""
 
     kind: str = "???"
-    tasks: list[str] = field(default_factory=lambda: ["offline_seeded"])  # lm-eval tasks or groups (train splits)
+    tasks: list[str] = field(default_factory=list)  # lm-eval tasks or groups (train splits); empty: offline_seeded
+    # or named categories of tasks, each with its own budget of seeds (then no `tasks`): see harness/seeds/config.py
+    categories: dict[str, CategoryConfig] = field(default_factory=dict)
     per_task_cap: Optional[int] = 2000  # seeds per task (each subtask of a named group; None: all)
     per_group_cap: Optional[int] = None  # seeds per named group in all, stratified across its subtasks (mmlu)
     stratify: str = "equal"  # equal: the same from every subtask | proportional: by the subtasks' train sizes
@@ -445,6 +449,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                 bad(f"synthetic.{name}.{key}", f"must be at least 1, got {getattr(s, key)}")
         if s.stratify not in ("equal", "proportional"):
             bad(f"synthetic.{name}.stratify", f"unknown stratification '{s.stratify}' (equal, proportional)")
+        validate_seed_selection(f"synthetic.{name}", s.tasks, s.categories, bad)
         if s.kind in GENERATED_KINDS:
             for key in ("samples_per_seed", "passages", "pairs_per_passage"):
                 if getattr(s, key) is not None and getattr(s, key) < 1:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from harness.seeds.config import seed_tasks
+
 
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
@@ -63,7 +65,7 @@ def run_config(recipe, arm, seed: int) -> dict:
                            "samples_per_seed": s.samples_per_seed if generated else 0,
                            "verification": f"majority of {s.verify_votes}" if generated and s.verify_votes else "off",
                            "verify_votes": s.verify_votes if generated else 0, "enrich": bool(s.enrich and generated),
-                           "tasks": ",".join(s.tasks) if s.kind != "unseeded_qa" else ""}
+                           "tasks": ",".join(seed_tasks(s.tasks, s.categories)) if s.kind != "unseeded_qa" else ""}
     return {"experiment": recipe.experiment, "arm": arm.name, "seed": int(seed),
             "model": recipe.base.from_ or recipe.model.preset, "continuation": recipe.base.from_ is not None,
             "tokens": int(recipe.data.tokens), "seq_length": recipe.data.seq_length,

@@ -9,9 +9,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from harness.generation import models
 from harness.generation.server import ManagedServer
@@ -20,6 +22,7 @@ from harness.plan import Plan
 from conftest import base_recipe, write_recipe
 
 MODEL = str(models.MODELS / "smollm2-135m-instruct")
+PROSE = Path(__file__).resolve().parents[1] / ".cache" / "assets" / "sotu.jsonl"
 pytestmark = pytest.mark.skipif(not os.path.isdir(MODEL), reason="run `harness assets` (make setup) first")
 
 
@@ -28,6 +31,8 @@ def _recipe(tmp_path, suite_store, synthetic, generator, experiment="gen"):
                     generator={"backend": "openai", "server": "managed", "max_tokens": 64,
                                "concurrency": 4, **generator})
     r["arms"] += [{"name": n, "mix": {"web": 0.9, n: 0.1}} for n in synthetic]
+    # real prose for the unseeded control's passages: the 135M model writes no Q&A about the toy corpus's syllables
+    r["corpora"]["prose"] = {"paths": [str(PROSE)]}
     return write_recipe(tmp_path / f"{experiment}.yaml", r)
 
 
@@ -42,7 +47,7 @@ def _lines(path) -> list[dict]:
 
 SEEDED = {"kind": "task_seeded", "tasks": ["offline_arc_easy", "offline_boolq"], "per_task_cap": 3,
           "samples_per_seed": 1, "fewshot": 1, "verify_votes": 2, "enrich": True}
-UNSEEDED = {"kind": "unseeded_qa", "context_corpus": "web", "passages": 2, "pairs_per_passage": 2,
+UNSEEDED = {"kind": "unseeded_qa", "context_corpus": "prose", "passages": 4, "pairs_per_passage": 2,
             "samples_per_seed": 1}
 
 
@@ -54,11 +59,12 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     g = _result(plan, "generate/tsqa")
     assert g["seeds"] == 6 and g["generations"] == 6
     assert g["parsed"] + sum(g["malformed"].values()) == 6
+    assert g["after_screen"] == g["parsed"] - sum(g["screened"].values())
     with_options = g["verification"].get("verified", 0) + g["verification"].get("failed_verification", 0)
-    assert with_options == g["parsed"] and g["kept"] == g["verification"].get("verified", 0)
-    assert sum(g["enrichment"].values()) == g["parsed"]
+    assert with_options == g["after_screen"] and g["kept"] == g["verification"].get("verified", 0)
+    assert sum(g["enrichment"].values()) == g["after_screen"]
     # one request per generation, one per enrichment, two votes per item with options; none cached
-    assert g["requests"]["generated"] == g["requests"]["requests"] == 6 + g["parsed"] + 2 * with_options
+    assert g["requests"]["generated"] == g["requests"]["requests"] == 6 + g["after_screen"] + 2 * with_options
     assert set(g["templates"]) >= {"similar_mc", "similar_yesno", "enrich", "verify"}
     srv = g["managed_server"]
     assert srv["url"].startswith("http://127.0.0.1:") and not psutil.pid_exists(srv["pid"]), "server stopped"
@@ -69,11 +75,30 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     f = _result(plan, "filter/tsqa")
     assert f["input"] == g["kept"] and f["kept"] + sum(f["deduplicated"].values()) + f["decontaminated"] == f["input"]
     u = _result(plan, "generate/uqa")
-    assert u["passages"] == 2 and u["generations"] == 2 and u["verification"] == {"unverified": u["parsed"]}
+    assert u["passages"] == 4 and u["generations"] == 4 and u["verification"].get("unverified", 0) == u["after_screen"]
     assert u["parsed"] > 0, "the 135M model writes at least one Question/Answer pair from two passages"
     uf = _result(plan, "filter/uqa")
     items = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")
     assert len(items) == uf["kept"] and all(it["task"] == "unseeded" and it["seed_id"] is None for it in items)
+
+    # rendered (options shuffled, the unseeded pairs after their passage), and the report's table of what each check
+    # kept, read from the same manifests
+    code, out = cli("run", path, "--only", "render/uqa")  # (the seeded set may keep nothing: a 135M model)
+    assert code == 0, out
+    from harness.report import synthetic
+
+    recipe = yaml.safe_load((suite_store / "runs" / "gen" / "recipe.yaml").read_text())
+    sets = synthetic.collect(plan, recipe)
+    rendered = _result(plan, "render/uqa")
+    assert sets["tsqa"]["generations"] == 6 and sets["tsqa"]["parsed"] == g["parsed"]
+    assert sets["tsqa"]["after_filter"] == f["kept"] and sets["tsqa"]["verified"] == g["verification"].get("verified", 0)
+    assert sets["uqa"]["after_filter"] == uf["kept"] == rendered["items"] >= sets["uqa"]["rendered"] > 0
+    assert sets["uqa"]["unverified"] == u["after_screen"] and sets["uqa"]["verification_checked"] == 0
+    md = synthetic.table(sets)
+    assert "| tsqa | task_seeded | 6 |" in md and f"{u['after_screen']:,} not verified" in md
+    udocs = _lines(plan.dir(plan.by_id("render/uqa")) / "data.jsonl")
+    passages = {p["text"] for p in _lines(plan.dir(plan.by_id("passages/uqa")) / "passages.jsonl")}
+    assert all(any(d["text"].startswith(p) for p in passages) for d in udocs), "each pair after its document"
 
     # the request cache: with the published stage removed, a rerun asks the server nothing and writes the same
     gdir = plan.dir(plan.by_id("generate/uqa"))
@@ -186,7 +211,7 @@ def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
         assert code == 0, out
         plan = Plan.load(suite_store / "runs" / exp / "plan.json")
         g = _result(plan, "generate/tsqa")
-        assert g["requests"]["cached"] == 0 and g["requests"]["generated"] == 2 + g["parsed"]  # + one vote each
+        assert g["requests"]["cached"] == 0 and g["requests"]["generated"] == 2 + g["after_screen"]  # + one vote each
         texts.append((plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl").read_text())
     assert texts[0] == texts[1]
     # a resume after a partial run (one answer of the batch missing from the cache) gives the uninterrupted samples:
@@ -197,7 +222,7 @@ def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
     code, out = cli("run", path, "--only", "generate")
     assert code == 0, out
     g = _result(plan, "generate/tsqa")
-    assert g["requests"]["generated"] == 2 and g["requests"]["cached"] == g["parsed"], g["requests"]
+    assert g["requests"]["generated"] == 2 and g["requests"]["cached"] == g["after_screen"], g["requests"]
     assert (plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl").read_text() == texts[0]
 
 
@@ -210,7 +235,7 @@ def test_vllm_backend_on_a_cpu_is_a_clear_error(tmp_path, suite_store, cli):
 
 
 def test_managed_server_dies_with_a_killed_stage(tmp_path, suite_store):
-    syn = {"uqa": {**UNSEEDED, "passages": 4}}
+    syn = {"uqa": {**UNSEEDED, "seed": 11}}  # requests no other test has cached: the stage must start a server
     path = _recipe(tmp_path, suite_store, syn, {}, experiment="orphan")
     started = time.time()
     proc = _run_bg(path, "--only", "generate")

@@ -121,3 +121,134 @@ def test_request_cache_concurrent_writers(tmp_path, journal):
     assert all(c is not None and c.text == f"a{w}-{i}" for c, (w, i) in zip(got, [(w, i) for w in range(3)
                                                                                for i in range(40)]))
     cache.close()
+
+
+def _seed(i: int, task: str = "t", **kw) -> dict:
+    return {"seed_id": f"{task}/train/{i}", "task": task, "subtask": task, "description": "science",
+            "question": f"Which of these is item number {i}?", "context": None,
+            "choices": [f"alpha {i}", f"beta {i}", f"gamma {i}", f"delta {i}"], "answer_index": 0,
+            "answer_text": f"alpha {i}", **kw}
+
+
+def test_grounded_items_carry_their_passage_and_copies_are_screened():
+    """The generator sees a passage, the parser reads only the item: the stage puts the passage back, and the
+    rendered text holds it. An item pointing at a passage it lacks, or copying its seed's options or passage, goes."""
+    from harness.generation import pipeline
+    from harness.generation.backends import Completion
+    from harness.generation.prompts import Templates
+    from harness.seeds import render
+
+    seeds = [_seed(i) for i in range(6)]
+    passages = [{"passage_id": f"doc{i}.p0", "text": f"Passage {i}: the river Elm floods every spring."}
+                for i in range(3)]
+    cfg = {"samples_per_seed": 2, "fewshot": 1, "context_share": 0.5}
+    reqs, meta = pipeline.seeded_requests(seeds, cfg, Templates(), passages, pipeline.Sampling(0.8, 0.95, 64, 3))
+    text = {p["passage_id"]: p["text"] for p in passages}
+    grounded = [k for k, m in meta.items() if m["passage_id"]]
+    assert 0 < len(grounded) < len(meta)
+    for k in grounded:  # the prompt shows the passage
+        assert text[meta[k]["passage_id"]] in reqs[[r.key for r in reqs].index(k)].messages[0][1]
+    outputs = {}
+    for n, key in enumerate(sorted(meta)):
+        seed = seeds[int(meta[key]["seed_id"].split("/")[-1])]
+        opts = [f"new option {n}", f"other option {n}", f"third option {n}", f"fourth option {n}"]
+        question = f"When does the river in question {n} flood each year?"
+        if n == 0:
+            opts = seed["choices"][:2] + opts[2:]  # half the seed's options verbatim
+        if n == 1 and not meta[key]["passage_id"]:
+            question = f"According to the passage, what floods in case {n}?"
+        outputs[key] = Completion("Question: " + question + "\n" + "\n".join(f"{L}. {o}" for L, o in zip("ABCD", opts))
+                                  + "\nAnswer: B")
+    items, bad = pipeline.parse_round(outputs, meta)
+    assert not bad and len(items) == len(meta)
+    pipeline.ground(items, passages)
+    kept, screened = pipeline.screen(items, {s["seed_id"]: s for s in seeds})
+    assert screened["copied_seed_options"] == 1
+    assert screened["refers_to_missing_passage"] == (not meta[sorted(meta)[1]]["passage_id"])
+    assert len(kept) == len(items) - sum(screened.values())
+    for it in kept:
+        assert it["context"] == (text[it["passage_id"]] if it["passage_id"] else None)
+    docs, shown = render.render(kept, "mc", 1, seed=0)
+    assert all(text[it["passage_id"]] in "\n".join(docs) for it in kept if it["passage_id"])
+    assert sum(shown["answer_positions"]["4"].values()) == shown["items"] == len(kept)
+
+
+def test_rendered_options_are_shuffled_except_positional_ones():
+    """Every generated answer is B here (a generator's position bias): rendering spreads the answers over the
+    positions, each item's order fixed by its id; an item whose options refer to others keeps its order."""
+    from harness.seeds import render
+
+    items = [{**_seed(i), "item_id": f"t/train/{i}#0", "choices": [f"w{i}", f"x{i}", f"y{i}", f"z{i}"],
+              "answer_index": 1, "answer_text": f"x{i}"} for i in range(400)]
+    docs, shown = render.render(items, "mc", 1, seed=0)
+    counts = shown["answer_positions"]["4"]
+    assert set(counts) == set("ABCD") and max(counts.values()) < 0.35 * 400, counts
+    for d in docs[:50]:  # the answer line names the option that holds the answer text
+        letter, text = d.rsplit("Answer: ", 1)[1].split(". ", 1)
+        assert f"\n{letter}. {text}\n" in d + "\n"
+    again, _ = render.render(items, "mc", 1, seed=0)
+    assert again == docs, "seeded"
+    fixed = {**items[0], "choices": ["red", "blue", "both of the above", "none of the above"]}
+    assert render.shuffle_options(fixed, 0) == fixed
+
+
+def test_verifier_sees_the_passage():
+    """A yes/no item about a passage cannot be checked without it (it was shown without one before)."""
+    from harness.generation import pipeline
+    from harness.generation.prompts import Templates
+
+    item = {"item_id": "b/train/0#0", "type": "yesno", "question": "Does the river Elm flood in spring?",
+            "context": "The river Elm floods every spring.", "choices": ["yes", "no"], "answer_index": 0,
+            "answer_text": "yes"}
+    reqs, perms = pipeline.verify_requests([item], 3, Templates(), pipeline.Sampling(0.8, 0.95, 64, 3))
+    assert len(reqs) == 3 and all("Passage: The river Elm floods every spring." in r.messages[0][1] for r in reqs)
+
+
+def test_unseeded_pairs_follow_their_document():
+    """The unseeded control as Nemotron-CC's diverse QA renders it: the document once, then a random 1..k of its
+    k pairs (seeded); "according to the text" then has its text."""
+    from harness.generation import pipeline
+    from harness.seeds import render
+
+    passages = [{"passage_id": f"doc{i}.p0", "text": f"Document {i} tells of the harbour town number {i}."}
+                for i in range(30)]
+    items = [{"item_id": f"{p['passage_id']}#0.{j}", "seed_id": None, "passage_id": p["passage_id"], "task": "unseeded",
+              "type": "open", "question": f"According to the text, what is town {i} pair {j}?", "context": None,
+              "choices": None, "answer_index": None, "answer_text": f"harbour {i}.{j}"}
+             for i, p in enumerate(passages) for j in range(4)]
+    pipeline.ground(items, passages)
+    kept, screened = pipeline.screen(items, {})
+    assert not screened and len(kept) == 120
+    docs, shown = render.render(kept, "qa", 1, seed=5)
+    assert len(docs) == 30 and 30 <= shown["items"] < 120
+    for d in docs:
+        i = int(d.split("number ")[1].split(".")[0])
+        assert d.startswith(passages[i]["text"]) and d.count(passages[i]["text"]) == 1
+        assert 1 <= d.count("Question: ") <= 4 and f"harbour {i}." in d
+    assert len({d.count("Question: ") for d in docs}) > 1, "the number of pairs kept varies"
+    assert render.render(kept, "qa", 1, seed=5) == (docs, shown)
+
+
+def test_prefilled_requests_continue_the_answer():
+    """With prefill the request ends on the assistant's "Question:" (or "Passage:" where the generator writes its
+    own passage), an OpenAI-compatible request asks vLLM to continue it, and the parser sees the whole answer."""
+    from harness.generation import pipeline
+    from harness.generation.backends import BackendOptions, Completion, make
+    from harness.generation.prompts import Templates
+
+    seeds = [_seed(0), {**_seed(1, "b"), "choices": ["yes", "no"], "context": "Some passage.", "question": "Is it?"}]
+    cfg = {"samples_per_seed": 1, "fewshot": 1, "context_share": 0.0}
+    plain, _ = pipeline.seeded_requests(seeds, cfg, Templates(), None, pipeline.Sampling(0.8, 0.95, 64, 3))
+    reqs, meta = pipeline.seeded_requests(seeds, cfg, Templates(), None,
+                                          pipeline.Sampling(0.8, 0.95, 64, 3, prefill=True))
+    assert all(r.prefill == "" and len(r.messages) == 1 for r in plain)
+    assert sorted(r.prefill for r in reqs) == ["Passage:", "Question:"]
+    assert [r.messages[0] for r in reqs] == [r.messages[0] for r in plain], "the same prompt"
+    body = make("openai", BackendOptions(model="m", base_url="http://127.0.0.1:1/v1"))._payload(reqs[0])
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["messages"][-1] == {"role": "assistant", "content": reqs[0].prefill}
+    key = next(k for k, m in meta.items() if m["prefill"] == "Question:")
+    items, bad = pipeline.parse_round({key: Completion(" Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\n"
+                                                       "C. helium\nD. neon\nAnswer: B")}, {key: meta[key]})
+    assert not bad and items[0]["question"] == "Which gas do plants take in?" and items[0]["answer_text"] == \
+        "carbon dioxide"

@@ -250,3 +250,34 @@ def test_group_cap_stratified_across_subtasks(suite_store):
     # the same task capped on its own is unaffected by the group cap; per-task caps still hold inside a group
     _, alone = collect(str(tasks_dir), ["offline_arc_easy"], 7, 0, per_group_cap=3)
     assert alone["per_task"]["offline_arc_easy"]["seeds"] == 7
+
+
+def test_categories_draw_their_own_budgets(suite_store, tmp_path, cli):
+    """Knowledge- and reasoning-intensive tasks pooled with budgets of their own, stratified within each; the
+    recipe refuses tasks beside categories and a task in two categories."""
+    from harness.seeds.collect import collect
+
+    plan = Plan.load(suite_store / "runs" / "toy" / "plan.json")
+    suite = plan.by_id("suite")
+    tasks_dir = plan.dir(suite) / plan.store.manifest("suite", suite.digest)["result"]["tasks"]
+    cats = {"knowledge": {"tasks": ["offline_arc_easy", "offline_arc_challenge", "offline_openbookqa"], "seeds": 60},
+            "reasoning": {"tasks": ["offline_hellaswag", "offline_piqa"], "seeds": 41, "stratify": "proportional"}}
+    seeds, counts = collect(str(tasks_dir), [t for c in cats.values() for t in c["tasks"]], None, 0,
+                            categories=cats)
+    per = {t: c["seeds"] for t, c in counts["per_task"].items()}
+    assert per["offline_arc_easy"] == per["offline_arc_challenge"] == per["offline_openbookqa"] == 20
+    train = {t: c["train_docs"] for t, c in counts["per_task"].items()}
+    assert per["offline_hellaswag"] + per["offline_piqa"] == 41
+    assert abs(per["offline_hellaswag"] - 41 * train["offline_hellaswag"] /
+               (train["offline_hellaswag"] + train["offline_piqa"])) < 1
+    assert counts["per_category"] == {"knowledge": {"budget": 60, "tasks": 3, "seeds": 60},
+                                      "reasoning": {"budget": 41, "tasks": 2, "seeds": 41}}
+    assert {s["category"] for s in seeds if s["task"] == "offline_piqa"} == {"reasoning"}
+
+    r = base_recipe(tmp_path)
+    r["synthetic"] = {"sq": {"kind": "seed_render", "tasks": ["offline_arc_easy"],
+                             "categories": {"a": {"tasks": ["offline_piqa"]}, "b": {"tasks": ["offline_piqa"]}}}}
+    r["arms"].append({"name": "sq", "mix": {"web": 0.9, "sq": 0.1}})
+    code, out = cli("plan", write_recipe(tmp_path / "c.yaml", r))
+    assert code != 0 and "synthetic.sq.categories" in out and "not both" in out
+    assert "'offline_piqa' is also in category 'a'" in out

@@ -53,6 +53,10 @@ class GeneratorConfig:
     max_tokens: int = 192
     templates: Optional[str] = None  # a folder of prompt templates overriding the built-in ones (same names)
     offline: Optional[bool] = None  # HF_HUB_OFFLINE for a managed server: None keeps the environment's setting
+    # the answer's first word ("Question:") written for the model, which continues it: a small model then keeps to
+    # the format. None: where the backend can (local transformers, vLLM offline or `vllm serve`; not `transformers
+    # serve`, which always opens a new turn); true for a URL server that honours continue_final_message (vLLM, SGLang)
+    prefill: Optional[bool] = None
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
@@ -70,6 +74,13 @@ def _did_you_mean(name: str, options) -> str:
 
 def uses_vllm(g: GeneratorConfig) -> bool:
     return g.backend == "vllm" or (g.backend == "openai" and g.server == "managed" and g.server_kind == "vllm")
+
+
+def prefills(g: GeneratorConfig) -> bool:
+    """Whether requests carry the start of their answer (see GeneratorConfig.prefill)."""
+    if g.prefill is not None:
+        return g.prefill
+    return g.backend in ("transformers", "vllm") or uses_vllm(g)
 
 
 def validate(g: GeneratorConfig, bad: Callable[[str, str], None]) -> None:
@@ -97,6 +108,9 @@ def validate(g: GeneratorConfig, bad: Callable[[str, str], None]) -> None:
         bad("generator", "max_retries must be >= 0 and timeout > 0")
     if _bad_number(g.temperature) or g.temperature < 0 or not 0 < g.top_p <= 1:
         bad("generator", f"temperature must be >= 0 and top_p in (0, 1] (got {g.temperature}, {g.top_p})")
+    if g.prefill and g.backend == "openai" and g.server == "managed" and g.server_kind == "transformers":
+        bad("generator.prefill", "`transformers serve` cannot continue a prefilled answer (it always opens a new "
+                                 "turn): leave prefill unset, or use backend transformers")
     if g.templates is not None and not os.path.isdir(g.templates):
         bad("generator.templates", f"no folder '{g.templates}'")
     _validate_vllm(g.vllm, bad)

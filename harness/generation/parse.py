@@ -28,10 +28,11 @@ def item_type(seed: dict) -> str:
     return "mc" if seed["question"].rstrip().endswith("?") else "completion"
 
 
-def show(item: dict, kind: str, with_answer: bool = True) -> str:
-    """An item in the format the generator is asked to write."""
+def show(item: dict, kind: str, with_answer: bool = True, with_passage: bool | None = None) -> str:
+    """An item in the format the generator is asked to write; its passage shown for yes/no items (their format) or
+    when asked (a verifier or an explainer needs the passage a grounded item is about)."""
     lines = []
-    if kind == "yesno" and item.get("context"):
+    if (kind == "yesno" if with_passage is None else with_passage) and item.get("context"):
         lines.append(f"Passage: {item['context']}")
     lines.append(f"Question: {item['question']}")
     if kind in ("mc", "completion"):

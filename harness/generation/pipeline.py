@@ -1,17 +1,21 @@
-"""From seeds (or corpus passages) to parsed, enriched and verified Q&A items.
+"""From seeds (or corpus passages) to parsed, screened, enriched and verified Q&A items.
 
 Task-seeded: for each seed and sample index, the generator sees few-shot examples from the same subtask (the seed
 first) and writes one new item of the seed's type; with probability `context_share` it is grounded in a corpus
-passage. Unseeded control: diverse Q&A pairs written from a corpus passage alone. Then, optionally, an
+passage. Unseeded control: diverse Q&A pairs written from a corpus passage alone. With prefill, each request
+carries the answer's first label for the model to continue. Parsed items are screened (a grounded item gets its
+passage back; items pointing at a passage they lack and near-copies of their seed go); then, optionally, an
 explanation per item (enrichment) and majority verification of items with options: the generator answers its own
-question `votes` times, options shuffled each time, without the key; the item stays when the majority agrees.
-Every item is keyed by (seed or passage id, sample index), so reruns neither duplicate nor skip."""
+question `votes` times, options shuffled each time, passage shown, without the key; the item stays when the
+majority agrees. Every item is keyed by (seed or passage id, sample index), so reruns neither duplicate nor skip."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 from harness.generation import parse as fmt
@@ -30,9 +34,13 @@ class Sampling:
     top_p: float
     max_tokens: int
     seed: int
+    prefill: bool = False  # generation requests carry the start of their answer (GeneratorConfig.prefill)
 
-    def request(self, key: str, prompt: str, temperature: float | None = None, max_tokens: int | None = None):
-        return Request(key, (("user", prompt),), max_tokens or self.max_tokens,
+    def request(self, key: str, prompt: str, temperature: float | None = None, max_tokens: int | None = None,
+                start: str = ""):
+        """`start`: the answer's first words, continued by the model when prefill is on."""
+        messages = (("user", prompt),) + ((("assistant", start),) if start and self.prefill else ())
+        return Request(key, messages, max_tokens or self.max_tokens,
                        self.temperature if temperature is None else temperature, self.top_p,
                        request_seed(self.seed, key))
 
@@ -94,8 +102,10 @@ def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages, s: S
                             examples=[fmt.show(x, kind) for x in shots], n_options=n_opt or 0,
                             letters=fmt.LETTERS[:n_opt or 0], passage=passage["text"] if passage else None,
                             with_passage=bool(seed.get("context")))
-        reqs.append(s.request(key, prompt))
-        meta[key] = {"request": key, "item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"],
+        # the format's first label: "Passage:" only where the generator writes a passage of its own
+        start = "Passage:" if kind == "yesno" and seed.get("context") and not passage else "Question:"
+        reqs.append(s.request(key, prompt, start=start))
+        meta[key] = {"prefill": reqs[-1].prefill, "request": key, "item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"],
                      "task": seed["task"], "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
                      "passage_id": passage["passage_id"] if passage else None}
     return reqs, meta
@@ -118,8 +128,9 @@ def unseeded_requests(passages, cfg: dict, tpl: Templates, s: Sampling,
     for p in mine:
         for k in range(cfg["samples_per_seed"]):
             key = f"unseeded:{p['passage_id']}#{k}"
-            reqs.append(s.request(key, tpl.render("unseeded_qa", passage=p["text"], n_pairs=cfg["pairs_per_passage"])))
-            meta[key] = {"request": key, "item_id": f"{p['passage_id']}#{k}", "seed_id": None, "task": "unseeded",
+            reqs.append(s.request(key, tpl.render("unseeded_qa", passage=p["text"], n_pairs=cfg["pairs_per_passage"]),
+                                  start="Question:"))
+            meta[key] = {"prefill": reqs[-1].prefill, "request": key, "item_id": f"{p['passage_id']}#{k}", "seed_id": None, "task": "unseeded",
                          "subtask": "unseeded", "type": "open", "n_options": None, "passage_id": p["passage_id"]}
     return reqs, meta
 
@@ -131,6 +142,7 @@ def parse_round(completions: dict, meta: dict, pairs: int = 0) -> tuple[list[dic
         if c.error:
             dropped["refused_by_server"] += 1
             continue
+        c = dataclasses.replace(c, text=m.get("prefill", "") + c.text)  # the answer as a whole
         if pairs:
             parsed, bad = fmt.parse_pairs(c.text, pairs)
             dropped.update(bad)
@@ -145,10 +157,68 @@ def parse_round(completions: dict, meta: dict, pairs: int = 0) -> tuple[list[dic
     return items, dropped
 
 
+# an item that points at a text: "according to the passage", "the text above", "in this article"...
+_REFERS_TO_TEXT = re.compile(
+    r"\b(?:according to|in|from|based on|of|by) (?:the|this|that) (?:passage|text|article|paragraph|excerpt|story|"
+    r"document|author)\b|\b(?:the|this) (?:passage|text|article|paragraph|excerpt) (?:above|below|says|states|"
+    r"mentions|describes|suggests)\b|\bthe (?:above|following|given) (?:passage|text|article|paragraph|excerpt)\b",
+    re.I)
+
+
+def _item_text(it: dict) -> str:
+    return " ".join([it["question"], it["answer_text"], *(it.get("choices") or [])])
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _shingles(text: str, n: int) -> set[tuple[str, ...]]:
+    w = _norm(text).split()
+    return {tuple(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
+
+
+def ground(items: list[dict], passages) -> None:
+    """An item written from a passage carries it (the generator saw it; the parser reads only the item), in place
+    of any copy of it the generator wrote: a grounded task-seeded item, and every pair of the unseeded control."""
+    wanted = {it["passage_id"] for it in items if it.get("passage_id")}
+    if not wanted:
+        return
+    found = passages.by_id(wanted) if hasattr(passages, "by_id") else \
+        {p["passage_id"]: p for p in passages if p["passage_id"] in wanted}
+    for it in items:
+        if it.get("passage_id"):
+            it["context"] = found[it["passage_id"]]["text"]
+
+
+def screen(items: list[dict], seeds: dict[str, dict]) -> tuple[list[dict], collections.Counter]:
+    """Drop items that refer to a passage they do not carry, and near-copies of their seed: half or more of its
+    options verbatim, or a passage taken from it (half of the passage's word 8-grams in the seed's). The question
+    itself is compared with every seed by the filter's near-duplicate check."""
+    kept, dropped = [], collections.Counter()
+    for it in items:
+        seed = seeds.get(it.get("seed_id") or "")
+        if not it.get("context") and _REFERS_TO_TEXT.search(_item_text(it)):
+            dropped["refers_to_missing_passage"] += 1
+            continue
+        if seed and it["type"] in ("mc", "completion") and seed.get("choices"):
+            same = {_norm(c) for c in it["choices"]} & {_norm(c) for c in seed["choices"]}
+            if 2 * len(same) >= len(it["choices"]):
+                dropped["copied_seed_options"] += 1
+                continue
+        if seed and it.get("context") and seed.get("context") and not it.get("passage_id"):
+            mine = _shingles(it["context"], 8)
+            if 2 * len(mine & _shingles(seed["context"], 8)) >= len(mine):
+                dropped["copied_seed_passage"] += 1
+                continue
+        kept.append(it)
+    return kept, dropped
+
+
 def enrich(items: list[dict], driver: Driver, tpl: Templates, s: Sampling) -> collections.Counter:
-    reqs = [s.request(f"enrich:{it['item_id']}", tpl.render("enrich", item=fmt.show(it, it["type"]),
-                                                            answer=it["answer_text"]), max_tokens=96)
-            for it in items]
+    reqs = [s.request(f"enrich:{it['item_id']}",
+                      tpl.render("enrich", item=fmt.show(it, it["type"], with_passage=True), answer=it["answer_text"]),
+                      max_tokens=96) for it in items]
     got = driver.run("enrich", reqs)
     bad = collections.Counter()
     for it, r in zip(items, reqs):
@@ -159,9 +229,9 @@ def enrich(items: list[dict], driver: Driver, tpl: Templates, s: Sampling) -> co
     return bad
 
 
-def verify(items: list[dict], votes: int, driver: Driver, tpl: Templates, s: Sampling) -> collections.Counter:
-    """Majority verification of items with options; others are marked unverified (kept)."""
-    counts = collections.Counter()
+def verify_requests(items: list[dict], votes: int, tpl: Templates, s: Sampling) -> tuple[list[Request], dict]:
+    """`votes` requests per item with options, each with the options shuffled its own way and the item's passage
+    shown; the permutation of each request."""
     reqs, perms = [], {}
     for it in items:
         if not it.get("choices") or votes < 1:
@@ -172,9 +242,16 @@ def verify(items: list[dict], votes: int, driver: Driver, tpl: Templates, s: Sam
             random.Random(request_seed(s.seed, key)).shuffle(perm)
             shown = {**it, "choices": [it["choices"][i] for i in perm]}
             kind = "mc" if it["type"] == "yesno" else it["type"]
-            reqs.append(s.request(key, tpl.render("verify", question=fmt.show(shown, kind, with_answer=False)),
-                                  max_tokens=8))
+            shown_text = fmt.show(shown, kind, with_answer=False, with_passage=True)  # a grounded item's passage too
+            reqs.append(s.request(key, tpl.render("verify", question=shown_text), max_tokens=8))
             perms[key] = perm
+    return reqs, perms
+
+
+def verify(items: list[dict], votes: int, driver: Driver, tpl: Templates, s: Sampling) -> collections.Counter:
+    """Majority verification of items with options; others are marked unverified (kept)."""
+    counts = collections.Counter()
+    reqs, perms = verify_requests(items, votes, tpl, s)
     got = driver.run("verify", reqs) if reqs else {}
     for it in items:
         if not it.get("choices") or votes < 1:

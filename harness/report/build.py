@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from harness.plan import Plan
-from harness.report import contamination, stats
+from harness.report import contamination, stats, synthetic
 
 # metric -> (label, higher is better, scale for display)
 METRICS = {"acc": ("accuracy", True, 100.0), "acc_norm": ("length-normalised accuracy", True, 100.0),
@@ -204,6 +204,9 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
         results["tokens"][a.name] = {s: {"tokens": n, "share": n / total} for s, n in a.tokens_by_source.items()}
     tokens_md = _tokens_table(arms)
     (out / "tokens.md").write_text(tokens_md)
+    results["synthetic"] = synthetic.collect(plan, recipe)
+    synthetic_md = synthetic.table(results["synthetic"])
+    (out / "synthetic.md").write_text(synthetic_md)
     con = contamination.collect(plan, recipe, {a.name: a.evaluated for a in arms.values()}, _short)
     results["contamination"] = {"arms": con["arms"], "sources": {
         n: {k: ({t: len(v) for t, v in x.items()} if k == "matched" else x) for k, x in s.items()}
@@ -223,7 +226,7 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
     report_md = (f"# {plan.experiment}\n\n{len(recipe['seeds'])} training seed(s) per arm; 95% intervals from a paired "
                  f"bootstrap over items and seeds ({n_boot} replicates); bold: significantly better, italic: "
                  f"significantly worse than the reference.{BASE_NOTE if base else ''}\n\n" +
-                 "\n\n".join(tables_md) + "\n\n" + tokens_md + "\n" + con_md)
+                 "\n\n".join(tables_md) + "\n\n" + tokens_md + "\n" + synthetic_md + "\n" + con_md)
     (out / "report.md").write_text(report_md)
     if (recipe.get("wandb") or {}).get("mode", "disabled") != "disabled":
         _log_wandb(recipe, plan, rows_of, rows_csv, out)

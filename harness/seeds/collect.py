@@ -87,10 +87,28 @@ def allocate(sizes: dict[str, int], cap: int | None, how: str) -> dict[str, int]
     return out
 
 
+def _category_quota(categories: dict, groups: dict, sizes: dict[str, int]) -> tuple[dict, dict]:
+    """({leaf: seeds}, {leaf: category}): each category's budget spread over its tasks or groups (by `allocate`,
+    on what each offers), then a group's share over its subtasks the same way."""
+    quota, category_of = {}, {}
+    for cat, c in sorted(categories.items()):
+        offer = {entry: sum(sizes[leaf] for leaf in groups[entry]) for entry in c["tasks"]}
+        for entry, share in allocate(offer, c.get("seeds"), c.get("stratify", "equal")).items():
+            for leaf, q in allocate({leaf: sizes[leaf] for leaf in groups[entry]}, share,
+                                    c.get("stratify", "equal")).items():
+                if leaf in category_of and category_of[leaf] != cat:
+                    raise SeedError(f"task {leaf} is in categories {category_of[leaf]} and {cat}: a task seeds one")
+                quota[leaf], category_of[leaf] = q, cat
+    return quota, category_of
+
+
 def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_seed: int,
-            per_group_cap: int | None = None, stratify: str = "equal") -> tuple[list[dict], dict]:
+            per_group_cap: int | None = None, stratify: str = "equal",
+            categories: dict | None = None) -> tuple[list[dict], dict]:
     """Seeds from the named tasks or groups: at most `per_task_cap` from each task, and at most `per_group_cap` from
-    each named group, stratified across its subtasks (see `allocate`). A task without a training split is refused."""
+    each named group, stratified across its subtasks (see `allocate`). With `categories` ({name: {tasks, seeds,
+    stratify}}) each category draws its own budget, stratified within it, and its seeds carry its name. A task
+    without a training split is refused."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
     tm = TaskManager(include_path=tasks_dir, include_defaults=False)
@@ -104,7 +122,11 @@ def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_s
         raise SeedError(f"tasks without a training split cannot seed: {no_train} (seeds come from TRAIN splits only)")
     docs_of = {n: list(t.training_docs()) for n, t in tasks.items()}
     quota: dict[str, int] = {}
-    for leaves in groups.values():  # a task named twice (alone and in a group) gets the larger quota
+    category_of: dict[str, str] = {}
+    if categories:
+        quota, category_of = _category_quota(categories, groups, {n: min(len(d), per_task_cap or len(d))
+                                                                  for n, d in docs_of.items()})
+    for leaves in ([] if categories else groups.values()):  # a task named alone and in a group: the larger quota
         sizes = {n: min(len(docs_of[n]), per_task_cap or len(docs_of[n])) for n in leaves}
         for leaf, q in allocate(sizes, per_group_cap if len(leaves) > 1 else None, stratify).items():
             quota[leaf] = max(q, quota.get(leaf, 0))
@@ -114,8 +136,14 @@ def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_s
         order = list(range(len(docs)))
         if quota[name] < len(docs):
             order = sorted(random.Random(f"{sample_seed}:{name}").sample(order, quota[name]))
-        records.extend(seed_record(task, name, docs[i], i) for i in order)
+        own = {"category": category_of[name]} if categories else {}
+        records.extend({**seed_record(task, name, docs[i], i), **own} for i in order)
         counts[name] = {"train_docs": len(docs), "seeds": len(order)}
     per_group = {g: {"subtasks": len(leaves), "seeds": sum(counts[n]["seeds"] for n in leaves)}
                  for g, leaves in groups.items()}
-    return records, {"per_task": counts, "per_group": per_group}
+    out = {"per_task": counts, "per_group": per_group}
+    if categories:
+        out["per_category"] = {cat: {"budget": c.get("seeds"), "tasks": len(c["tasks"]),
+                                     "seeds": sum(counts[t]["seeds"] for t in counts if category_of[t] == cat)}
+                               for cat, c in sorted(categories.items())}
+    return records, out

@@ -54,9 +54,9 @@ def _shard_items(ctx: StageContext) -> tuple[list[str], Iterator[dict], dict]:
     total: dict = {}
     for n in names:
         for key, val in ctx.manifests[n]["result"].items():
-            if key in ("seeds", "passages", "generations", "parsed", "kept"):
+            if key in ("seeds", "passages", "generations", "parsed", "after_screen", "kept"):
                 total[key] = total.get(key, 0) + val
-            elif key in ("malformed", "verification"):
+            elif key in ("malformed", "screened", "verification"):
                 total[key] = dict(collections.Counter(total.get(key, {})) + collections.Counter(val))
     return names, items, {"shards": len(names), **total}
 

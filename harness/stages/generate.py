@@ -48,17 +48,20 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
 @register
 class GenerateStage(Stage):
     kind = "generate"
-    version = 2  # passages from their own stage; requests built for the shard only; items in item-id order
+    version = 3  # grounded items carry their passage; items pointing at a passage they lack, and near-copies of
+    #              their seed's options or passage, are dropped
 
     def run(self, ctx: StageContext) -> dict:
         cfg, rt = ctx.spec.config, ctx.spec.runtime
         gen = cfg["generator"]
         tpl = Templates(rt.get("templates"))
-        samp = pipeline.Sampling(gen["temperature"], gen["top_p"], gen["max_tokens"], cfg["seed"])
+        samp = pipeline.Sampling(gen["temperature"], gen["top_p"], gen["max_tokens"], cfg["seed"],
+                                 gen.get("prefill", False))
         shard = (cfg["shard"], cfg["shards"]) if "shards" in cfg else None
         passages = PassageFile(ctx.inputs["passages"]) if "passages" in ctx.inputs else None
+        seeds = ctx.input_rows("seeds") if cfg["kind"] == "task_seeded" else []
         if cfg["kind"] == "task_seeded":
-            reqs, meta = pipeline.seeded_requests(ctx.input_rows("seeds"), cfg, tpl, passages, samp, shard)
+            reqs, meta = pipeline.seeded_requests(seeds, cfg, tpl, passages, samp, shard)
         else:
             reqs, meta = pipeline.unseeded_requests(passages, cfg, tpl, samp, shard)
         if shard:
@@ -71,11 +74,16 @@ class GenerateStage(Stage):
         try:
             got = driver.run("generate", reqs)
             write_jsonl(ctx.workdir / "generations.jsonl",
-                        ({"key": r.key, **meta[r.key], "text": got[r.key].text, "error": got[r.key].error,
+                        ({"key": r.key, **meta[r.key], "text": r.prefill + got[r.key].text, "error": got[r.key].error,
                           "completion_tokens": got[r.key].completion_tokens} for r in reqs))
             items, dropped = pipeline.parse_round(got, meta, cfg["pairs_per_passage"] if cfg["kind"] ==
                                                   "unseeded_qa" else 0)
             ctx.log.info("parsed %d items; malformed: %s", len(items), dict(dropped))
+            if passages is not None:
+                pipeline.ground(items, passages)
+            parsed = len(items)
+            items, screened = pipeline.screen(items, {s["seed_id"]: s for s in seeds})
+            ctx.log.info("screened: %d kept; dropped %s", len(items), dict(screened))
             enriched = pipeline.enrich(items, driver, tpl, samp) if cfg["enrich"] else collections.Counter()
             verdicts = pipeline.verify(items, cfg["verify_votes"], driver, tpl, samp)
         finally:
@@ -85,14 +93,18 @@ class GenerateStage(Stage):
         kept = sorted((it for it in items if it.get("verified") is not False), key=lambda it: it["item_id"])
         write_jsonl(ctx.workdir / "items.jsonl", kept)
         per_task = collections.defaultdict(collections.Counter)
-        for it in items:
+        for it in items:  # parsed: past the screen
             per_task[it["task"]]["parsed"] += 1
             per_task[it["task"]]["kept"] += it.get("verified") is not False
         ctx.log.info("verification: %s; %d items kept", dict(verdicts), len(kept))
         shard = {"shard": [cfg["shard"], cfg["shards"]]} if "shards" in cfg else {}
         return {"file": "items.jsonl", **shard, "seeds": len({m["seed_id"] for m in meta.values()} - {None}),
                 "passages": len({m["passage_id"] for m in meta.values()} - {None}), "generations": len(reqs),
-                "parsed": len(items), "malformed": dict(sorted(dropped.items())), "enrichment": dict(enriched),
+                "parsed": parsed, "malformed": dict(sorted(dropped.items())), "screened": dict(sorted(screened.items())),
+                "after_screen": parsed - sum(screened.values()),
+                "near_copy_rate": round((screened["copied_seed_options"] + screened["copied_seed_passage"])
+                                        / max(1, parsed), 4),
+                "grounded": sum(bool(it.get("passage_id")) for it in items), "enrichment": dict(enriched),
                 "verification": dict(verdicts), "kept": len(kept),
                 "per_task": {t: dict(c) for t, c in sorted(per_task.items())},
                 "requests": {**driver.counts, "cache_journal": cache.journal, "cache_file": cache.path.name,

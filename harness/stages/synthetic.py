@@ -19,16 +19,20 @@ class SeedsStage(Stage):
         cfg = ctx.spec.config
         tasks_dir = ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]
         records, counts = collect.collect(str(tasks_dir), cfg["tasks"], cfg["per_task_cap"], cfg["sample_seed"],
-                                          cfg.get("per_group_cap"), cfg.get("stratify", "equal"))
+                                          cfg.get("per_group_cap"), cfg.get("stratify", "equal"),
+                                          cfg.get("categories"))
         write_jsonl(ctx.workdir / "seeds.jsonl", records)
         for task, c in counts["per_task"].items():
             ctx.log.info("%s: %d seeds of %d train docs", task, c["seeds"], c["train_docs"])
+        for cat, c in counts.get("per_category", {}).items():
+            ctx.log.info("category %s: %d seeds (budget %s) from %d tasks", cat, c["seeds"], c["budget"], c["tasks"])
         return {"seeds": len(records), **counts, "file": "seeds.jsonl"}
 
 
 @register
 class RenderStage(Stage):
     kind = "render"
+    version = 2  # options shuffled per item; items written from a passage rendered after it
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config
@@ -37,7 +41,9 @@ class RenderStage(Stage):
             m = ctx.manifests["items"]
             raise ValueError(f"nothing to render: {m['stage']} kept no item ({json.dumps(m['result'])[:600]}); "
                              f"generate more (samples_per_seed, per_task_cap, passages) or loosen the filters")
-        docs = render.render(items, cfg["layout"], cfg["items_per_doc"], cfg["seed"])
+        docs, shown = render.render(items, cfg["layout"], cfg["items_per_doc"], cfg["seed"])
         write_jsonl(ctx.workdir / "data.jsonl", ({"text": d} for d in docs))
-        ctx.log.info("rendered %d items into %d documents (layout %s)", len(items), len(docs), cfg["layout"])
-        return {"items": len(items), "documents": len(docs), "file": "data.jsonl"}
+        ctx.log.info("rendered %d of %d items into %d documents (layout %s); answer positions %s", shown["items"],
+                     len(items), len(docs), cfg["layout"], shown["answer_positions"])
+        return {"items": len(items), "rendered_items": shown["items"], "documents": len(docs), "file": "data.jsonl",
+                "answer_positions": shown["answer_positions"]}

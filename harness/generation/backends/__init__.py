@@ -25,6 +25,12 @@ class Request:
     def as_chat(self) -> list[dict]:
         return [{"role": r, "content": c} for r, c in self.messages]
 
+    @property
+    def prefill(self) -> str:
+        """The start of the answer, when the last message is the assistant's: the model continues it (the
+        completion is the continuation alone)."""
+        return self.messages[-1][1] if self.messages and self.messages[-1][0] == "assistant" else ""
+
 
 @dataclass
 class Completion:

@@ -44,7 +44,8 @@ class TransformersBackend(Backend):
         for chunk in self.chunks(requests):
             ids = []
             for r in chunk:
-                enc = self.tok.apply_chat_template(r.as_chat(), add_generation_prompt=True, tokenize=True)
+                enc = self.tok.apply_chat_template(r.as_chat(), add_generation_prompt=not r.prefill,
+                                                   continue_final_message=bool(r.prefill), tokenize=True)
                 ids.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
             torch.manual_seed(chunk[0].seed)
             # generate_batch runs its own no-grad generation loop on a thread: no inference_mode here (its

@@ -30,8 +30,11 @@ class OpenAIBackend(Backend):
         self.retries = 0  # retried attempts, for the manifest
 
     def _payload(self, r: Request) -> dict:
-        return {"model": self.opts.model, "messages": r.as_chat(), "max_tokens": r.max_tokens,
+        body = {"model": self.opts.model, "messages": r.as_chat(), "max_tokens": r.max_tokens,
                 "temperature": r.temperature, "top_p": r.top_p, "seed": r.seed}
+        if r.prefill:  # vLLM's (and SGLang's) extra parameters: continue the assistant's message
+            body.update(add_generation_prompt=False, continue_final_message=True)
+        return body
 
     async def _one(self, client: httpx.AsyncClient, r: Request) -> Completion:
         last = ""

@@ -32,7 +32,15 @@ class VLLMBackend(Backend):
     def generate(self, requests, on_done) -> None:
         params = [self._sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p, seed=r.seed)
                   for r in requests]
-        outs = self.llm.chat([r.as_chat() for r in requests], params, use_tqdm=False)
+        # one call per kind: requests that continue a prefilled answer, and the others
+        outs = [None] * len(requests)
+        for prefilled in (False, True):
+            at = [i for i, r in enumerate(requests) if bool(r.prefill) == prefilled]
+            if at:
+                got = self.llm.chat([requests[i].as_chat() for i in at], [params[i] for i in at], use_tqdm=False,
+                                    add_generation_prompt=not prefilled, continue_final_message=prefilled)
+                for i, o in zip(at, got):
+                    outs[i] = o
         for r, o in zip(requests, outs):
             c = o.outputs[0]
             on_done(r, Completion(c.text, len(o.prompt_token_ids), len(c.token_ids), c.finish_reason or "stop"))

@@ -1,0 +1,75 @@
+"""The synthetic sets beside the scores: how each was made and what survived each check - generations, parsed,
+screened (items pointing at a passage they lack, near-copies of their seed), verified, kept by the filter,
+rendered - and where the answers sit among the options as rendered. A reviewer reads the data's quality here
+without opening a manifest."""
+
+from __future__ import annotations
+
+from harness.plan import Plan
+from harness.seeds.render import LETTERS
+
+
+def _result(plan: Plan, sid: str) -> dict | None:
+    if not any(s.id == sid for s in plan.stages):
+        return None
+    spec = plan.by_id(sid)
+    return plan.store.manifest(spec.kind, spec.digest)["result"] if plan.is_cached(spec) else None
+
+
+def collect(plan: Plan, recipe: dict) -> dict:
+    """{set: its figures} for every synthetic set an arm uses."""
+    used = sorted({s for a in recipe["arms"] for s, v in a["mix"].items() if v > 0 and s in recipe.get("synthetic", {})})
+    out = {}
+    for name in used:
+        syn = recipe["synthetic"][name]
+        render = _result(plan, f"render/{name}") or {}
+        row: dict = {"kind": syn["kind"], "rendered": render.get("rendered_items", render.get("items")),
+                     "answer_positions": render.get("answer_positions")}
+        filt = _result(plan, f"filter/{name}")
+        if filt:
+            g = filt["generated"]
+            screened = g.get("screened", {})
+            verdicts = g.get("verification", {})
+            checked = verdicts.get("verified", 0) + verdicts.get("failed_verification", 0)
+            row.update(generations=g.get("generations"), parsed=g.get("parsed"), screened=screened,
+                       near_copies=screened.get("copied_seed_options", 0) + screened.get("copied_seed_passage", 0),
+                       verified=verdicts.get("verified", 0), verification_checked=checked,
+                       unverified=verdicts.get("unverified", 0), after_filter=filt["kept"],
+                       deduplicated=sum(filt["deduplicated"].values()), decontaminated=filt["decontaminated"])
+        out[name] = row
+    return out
+
+
+def _rate(n, d) -> str:
+    return f"{n:,} ({n / d:.0%})" if d else f"{n:,}"
+
+
+def _positions(p: dict | None) -> str:
+    """The answers' positions of the most common option count, as shares A/B/C/...; "-" without options."""
+    if not p:
+        return "-"
+    n, counts = max(p.items(), key=lambda kv: sum(kv[1].values()))
+    total = sum(counts.values())
+    return f"{n} options: " + "/".join(f"{counts.get(L, 0) / total:.0%}" for L in LETTERS[:int(n)])
+
+
+def table(sets: dict) -> str:
+    lines = ["### synthetic sets: what each check kept", "",
+             "| set | kind | generations | parsed | screened out (near-copies) | verified (of checked) | after "
+             "dedup and decontamination | rendered | answer positions |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in sets.items():
+        if "generations" not in r:
+            lines.append(f"| {name} | {r['kind']} | - | - | - | - | - | {r['rendered'] or 0:,} | "
+                         f"{_positions(r['answer_positions'])} |")
+            continue
+        screened = sum(r["screened"].values())
+        verified = (_rate(r["verified"], r["verification_checked"]) if r["verification_checked"]
+                    else "none")
+        if r["unverified"]:  # open-answer items (and the whole unseeded control) have no options to vote on
+            verified += f"; {r['unverified']:,} not verified"
+        lines.append(f"| {name} | {r['kind']} | {r['generations']:,} | {_rate(r['parsed'], r['generations'])} | "
+                     f"{screened:,} ({r['near_copies']:,}) | {verified} | {r['after_filter']:,} | "
+                     f"{r['rendered'] or 0:,} | {_positions(r['answer_positions'])} |")
+    if not sets:
+        lines.append("| (none) | | | | | | | | |")
+    return "\n".join(lines) + "\n"

@@ -309,6 +309,50 @@ def report(experiment: str = typer.Argument(..., help="an experiment name in the
     out.print(f"written: {exp / 'report'} (report.md, *.tex, comparisons.csv, results.json, *.png)")
 
 
+@app.command()
+def show(experiment: str = typer.Argument(..., help="an experiment name in the store"),
+         item: str = typer.Argument(..., help="a generated item's id, e.g. offline_arc_easy/train/12#0"),
+         store: Optional[Path] = STORE):
+    """A generated item's lineage: its seed (task, split, index) or passage, the generator, template and prompt
+    hash, its sample index, what the generator wrote, the votes, the filters it passed or the check that dropped it."""
+    from harness.generation import lineage
+    from harness.plan import Plan
+    from harness.store import Store
+
+    st = Store(store or "runs")
+    exp = st.experiment_dir(experiment)
+    if not (exp / "plan.json").is_file():
+        _fail(f"no experiment '{experiment}' in {st.root} (known: {', '.join(st.experiments()) or 'none'})")
+    try:
+        found = lineage.find(Plan.load(exp / "plan.json"), item)
+    except KeyError as e:
+        _fail(str(e.args[0]), code=1)
+    it, gen, seed = found["item"] or {}, found["generation"], found["seed"]
+    lines = [f"item {item} of set {found['set']}: {found['status']}"
+             + (f" - dropped by {found['dropped_by']}" if found["dropped_by"] else "")]
+    if seed:
+        lines.append(f"seed: {seed['seed_id']} (task {seed['task']}, split {seed['split']}, index "
+                     f"{seed['seed_id'].rsplit('/', 1)[1]}): {seed['question']} -> {seed['answer_text']}")
+    if gen.get("passage_id"):
+        lines.append(f"passage: {gen['passage_id']}")
+    prov = it.get("provenance") or {}
+    if prov:
+        lines.append(f"generator: {prov['generator']}; template {prov['template']} ({prov['template_sha']}); prompt "
+                     f"{prov['prompt_sha']}; sample {prov['sample']}")
+    lines.append(f"generator wrote ({gen['completion_tokens']} tokens):\n  " + gen["text"].replace("\n", "\n  "))
+    if it:
+        lines.append(f"question: {it['question']}")
+        if it.get("choices"):
+            lines.append("options: " + " | ".join(it["choices"]) + f"; key {it['answer_text']}")
+        else:
+            lines.append(f"answer: {it['answer_text']}")
+        if it.get("votes") is not None:
+            lines.append(f"votes per option: {it['votes']}")
+        if it.get("filters"):
+            lines.append("passed: " + ", ".join(it["filters"]))
+    out.print("\n".join(lines), markup=False, highlight=False)
+
+
 @app.command("run-stage", hidden=True)
 def run_stage(plan_path: Path = typer.Option(..., "--plan"), stage: str = typer.Option(..., "--stage")):
     """Run one stage of a saved plan (what every executor launches)."""

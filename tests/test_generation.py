@@ -100,6 +100,23 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     passages = {p["text"] for p in _lines(plan.dir(plan.by_id("passages/uqa")) / "passages.jsonl")}
     assert all(any(d["text"].startswith(p) for p in passages) for d in udocs), "each pair after its document"
 
+    # lineage: a kept item names its passage (or seed), generator, template, prompt and the filters it passed;
+    # `harness show` prints it, and names the check that dropped an item
+    it = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")[0]
+    assert it["filters"] == ["parsed", "screened", "deduplicated", "decontaminated"]
+    assert it["provenance"]["template"] == "unseeded_qa" and it["provenance"]["sample"] == 0
+    code, out = cli("show", "gen", it["item_id"], "--store", str(suite_store / "runs"))
+    assert code == 0, out
+    assert f"item {it['item_id']} of set uqa: kept" in out and f"passage: {it['passage_id']}" in out
+    assert it["provenance"]["prompt_sha"] in out and "passed: parsed, screened, deduplicated" in out
+    kept_ids = {x["item_id"] for x in _lines(plan.dir(plan.by_id("filter/tsqa")) / "items.jsonl")}
+    lost = [x for x in gens if x["item_id"] not in kept_ids]
+    if lost:
+        code, out = cli("show", "gen", lost[0]["item_id"], "--store", str(suite_store / "runs"))
+        assert code == 0 and ": dropped - dropped by" in out and f"seed: {lost[0]['seed_id']} (task " in out, out
+    code, out = cli("show", "gen", "no/such/item#0", "--store", str(suite_store / "runs"))
+    assert code == 1 and "no generated item 'no/such/item#0'" in out
+
     # the request cache: with the published stage removed, a rerun asks the server nothing and writes the same
     gdir = plan.dir(plan.by_id("generate/uqa"))
     before = (gdir / "items.jsonl").read_text()

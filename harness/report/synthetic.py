@@ -67,7 +67,9 @@ def table(sets: dict) -> str:
                     else "none")
         if r["unverified"]:  # open-answer items (and the whole unseeded control) have no options to vote on
             verified += f"; {r['unverified']:,} not verified"
-        lines.append(f"| {name} | {r['kind']} | {r['generations']:,} | {_rate(r['parsed'], r['generations'])} | "
+        # a request of the unseeded control asks for several pairs: its parsed count is pairs, not a rate
+        parsed = _rate(r["parsed"], r["generations"]) if r["kind"] != "unseeded_qa" else f"{r['parsed']:,} pairs"
+        lines.append(f"| {name} | {r['kind']} | {r['generations']:,} | {parsed} | "
                      f"{screened:,} ({r['near_copies']:,}) | {verified} | {r['after_filter']:,} | "
                      f"{r['rendered'] or 0:,} | {_positions(r['answer_positions'])} |")
     if not sets:

@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
-from harness.seeds.config import CategoryConfig
+from harness.seeds.config import STRATIFY, CategoryConfig
 from harness.seeds.config import validate as validate_seed_selection
 from harness.training.base import BaseConfig, validate_base
 from harness.training.config import (TrainConfig, WandbConfig, validate_parallel, validate_train,
@@ -447,8 +447,8 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         for key in ("items_per_doc", "per_task_cap", "per_group_cap"):
             if getattr(s, key) is not None and getattr(s, key) < 1:
                 bad(f"synthetic.{name}.{key}", f"must be at least 1, got {getattr(s, key)}")
-        if s.stratify not in ("equal", "proportional"):
-            bad(f"synthetic.{name}.stratify", f"unknown stratification '{s.stratify}' (equal, proportional)")
+        if s.stratify not in STRATIFY:
+            bad(f"synthetic.{name}.stratify", f"unknown stratification '{s.stratify}' ({', '.join(STRATIFY)})")
         validate_seed_selection(f"synthetic.{name}", s.tasks, s.categories, bad)
         if s.kind in GENERATED_KINDS:
             for key in ("samples_per_seed", "passages", "pairs_per_passage"):

@@ -48,7 +48,8 @@ def find(plan: Plan, item_id: str) -> dict:
         if filt and (it := _find(filt[0] / "items.jsonl", "item_id", item_id)):
             out.update(item=it, status="kept")
         elif filt and (it := _find(filt[0] / "contaminated.jsonl", "item_id", item_id)):
-            out.update(item=it, status="dropped", dropped_by=f"decontamination (matches {', '.join(it['contaminates'])})")
+            out.update(item=it, status="dropped",
+                       dropped_by=f"decontamination (matches {', '.join(it['contaminates'])})")
         elif (it := next((x for d in gens if (x := _find(d / "items.jsonl", "item_id", item_id))), None)):
             out.update(item=it, status="dropped" if filt else "generated (not filtered yet)",
                        dropped_by="near-duplicate (of another item or of a seed)" if filt else None)
@@ -59,4 +60,5 @@ def find(plan: Plan, item_id: str) -> dict:
         seed_id = generation.get("seed_id")
         out["seed"] = _find(seeds[0] / "seeds.jsonl", "seed_id", seed_id) if seeds and seed_id else None
         return out
-    raise KeyError(f"no generated item '{item_id}' in experiment '{plan.experiment}' (sets: {', '.join(sets) or 'none'})")
+    raise KeyError(f"no generated item '{item_id}' in experiment '{plan.experiment}' "
+                   f"(sets: {', '.join(sets) or 'none'})")

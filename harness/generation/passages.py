@@ -104,11 +104,9 @@ class PassageFile:
         return out
 
     def by_id(self, ids: Iterable[str]) -> dict[str, dict]:
-        """The passages with these ids (one pass over ids.txt, then the reads)."""
+        """The passages with these ids."""
         wanted = set(ids)
-        with open(self.path.parent / "ids.txt") as f:
-            at = [i for i, pid in enumerate(f.read().splitlines()) if pid in wanted]
-        return {p["passage_id"]: p for p in self.get_many(at).values()}
+        return {p["passage_id"]: p for p in self.where(wanted.__contains__)}
 
     def where(self, keep: Callable[[str], bool]) -> Iterator[dict]:
         """The passages whose id `keep` accepts, in file order; only those are read and parsed."""

@@ -18,6 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from harness.filters.text import words
 from harness.generation import parse as fmt
 from harness.generation.backends import Request
 from harness.generation.driver import Driver, request_seed
@@ -110,9 +111,9 @@ def seeded_requests(seeds: list[dict], cfg: dict, tpl: Templates, passages, s: S
         # the format's first label: "Passage:" only where the generator writes a passage of its own
         start = "Passage:" if kind == "yesno" and seed.get("context") and not passage else "Question:"
         reqs.append(s.request(key, prompt, start=start))
-        meta[key] = {"prefill": reqs[-1].prefill, "request": key, "item_id": f"{seed['seed_id']}#{k}", "seed_id": seed["seed_id"],
-                     "task": seed["task"], "subtask": seed["subtask"], "type": kind, "n_options": n_opt,
-                     "passage_id": passage["passage_id"] if passage else None}
+        meta[key] = {"prefill": reqs[-1].prefill, "request": key, "item_id": f"{seed['seed_id']}#{k}",
+                     "seed_id": seed["seed_id"], "task": seed["task"], "subtask": seed["subtask"], "type": kind,
+                     "n_options": n_opt, "passage_id": passage["passage_id"] if passage else None}
     return reqs, meta
 
 
@@ -135,8 +136,9 @@ def unseeded_requests(passages, cfg: dict, tpl: Templates, s: Sampling,
             key = f"unseeded:{p['passage_id']}#{k}"
             reqs.append(s.request(key, tpl.render("unseeded_qa", passage=p["text"], n_pairs=cfg["pairs_per_passage"]),
                                   start="Question:"))
-            meta[key] = {"prefill": reqs[-1].prefill, "request": key, "item_id": f"{p['passage_id']}#{k}", "seed_id": None, "task": "unseeded",
-                         "subtask": "unseeded", "type": "open", "n_options": None, "passage_id": p["passage_id"]}
+            meta[key] = {"prefill": reqs[-1].prefill, "request": key, "item_id": f"{p['passage_id']}#{k}",
+                         "seed_id": None, "task": "unseeded", "subtask": "unseeded", "type": "open",
+                         "n_options": None, "passage_id": p["passage_id"]}
     return reqs, meta
 
 
@@ -175,11 +177,11 @@ def _item_text(it: dict) -> str:
 
 
 def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    return " ".join(words(text))
 
 
 def _shingles(text: str, n: int) -> set[tuple[str, ...]]:
-    w = _norm(text).split()
+    w = words(text)
     return {tuple(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
 
 

@@ -18,7 +18,8 @@ def _result(plan: Plan, sid: str) -> dict | None:
 
 def collect(plan: Plan, recipe: dict) -> dict:
     """{set: its figures} for every synthetic set an arm uses."""
-    used = sorted({s for a in recipe["arms"] for s, v in a["mix"].items() if v > 0 and s in recipe.get("synthetic", {})})
+    synthetic = recipe.get("synthetic", {})
+    used = sorted({s for a in recipe["arms"] for s, v in a["mix"].items() if v > 0 and s in synthetic})
     out = {}
     for name in used:
         syn = recipe["synthetic"][name]

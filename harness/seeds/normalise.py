@@ -8,8 +8,8 @@ lm-eval tasks disagree on where the content lives:
 - a passage before the question (BoolQ, SciQ) becomes the context;
 - partial scoring (WinoGrande): doc_to_text gives the index of the right context and the choices are the
   contexts; the options are what the contexts do not share, the question the shared start, a blank, the rest;
-- generative and cloze tasks: the target (a string, or a list of accepted answers whose first is taken) is the
-  answer (of several accepted answers, the first plain one); a worked solution ending "#### 42" (GSM8K) is split into an explanation and its final answer."""
+- generative and cloze tasks: the target is the answer (of a list of accepted answers, the first without a
+  qualifier); a worked solution ending "#### 42" (GSM8K) is split into an explanation and its final answer."""
 
 from __future__ import annotations
 
@@ -61,12 +61,14 @@ def _index(target, choices: list[str], letters: list[str] | None) -> int:
         target = target[0]
     if isinstance(target, bool):
         raise NormaliseError(f"a boolean target {target!r} names no option")
+    text = str(target).strip()
+    label = _LABEL.match(text)
     if isinstance(target, int):
         index = target
-    elif str(target).strip() in choices:
-        index = choices.index(str(target).strip())
-    elif letters and _LABEL.match(str(target).strip()) and _LABEL.match(str(target).strip()).group(1) in letters:
-        index = letters.index(_LABEL.match(str(target).strip()).group(1))
+    elif text in choices:
+        index = choices.index(text)
+    elif letters and label and label.group(1) in letters:
+        index = letters.index(label.group(1))
     elif re.fullmatch(r"\s*\d+\s*", str(target)):
         index = int(target)
     else:
@@ -115,10 +117,10 @@ def normalise(prompt, choices: list | None, target, output_type: str) -> dict:
                     "answer_text": options[index]}
         letters = _letters(choices)
         text = str(prompt)
-        options = [str(c).strip() for c in choices]
+        rendered = options = [str(c).strip() for c in choices]
         if letters:
             text, options = _inline_options(text, letters)
-        index = _index(target, [str(c).strip() for c in choices], letters)
+        index = _index(target, rendered, letters)
         context, question = _split(text)
         return {"context": context, "question": question, "choices": options, "answer_index": index,
                 "answer_text": options[index]}

@@ -27,7 +27,7 @@ def shuffle_options(item: dict, seed: int) -> dict:
 
 
 def answer_positions(items: list[dict]) -> dict:
-    """{n_options: {letter: count}} of the answers' positions, and the share of the most common position."""
+    """{n_options: {letter: count}} of the answers' positions."""
     by_n: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     for it in items:
         if it.get("choices") and it.get("answer_index") is not None:

@@ -108,7 +108,8 @@ class GenerateStage(Stage):
         shard = {"shard": [cfg["shard"], cfg["shards"]]} if "shards" in cfg else {}
         return {"file": "items.jsonl", **shard, "seeds": len({m["seed_id"] for m in meta.values()} - {None}),
                 "passages": len({m["passage_id"] for m in meta.values()} - {None}), "generations": len(reqs),
-                "parsed": parsed, "malformed": dict(sorted(dropped.items())), "screened": dict(sorted(screened.items())),
+                "parsed": parsed, "malformed": dict(sorted(dropped.items())),
+                "screened": dict(sorted(screened.items())),
                 "after_screen": parsed - sum(screened.values()),
                 "near_copy_rate": round((screened["copied_seed_options"] + screened["copied_seed_passage"])
                                         / max(1, parsed), 4),

@@ -16,6 +16,7 @@ from pathlib import Path
 import harness
 from harness import recipe as rcp
 from harness import tracking
+from harness.filters.config import index_config
 from harness.seeds.config import selection as seed_selection
 from harness.stages import StageSpec, get
 from harness.store import Store, write_json_atomic
@@ -226,10 +227,8 @@ def _base_stage(recipe: rcp.Recipe, store: Store) -> StageSpec:
 
 def _ensure_index(recipe: rcp.Recipe, stages: list[StageSpec]) -> None:
     if not any(s.id == "decontam_index" for s in stages):
-        dc = recipe.decontamination
-        stages.append(StageSpec("decontam_index", "decontam_index",
-                                {"ngram": dc.ngram, "ngram_min": dc.ngram_min, "max_item_freq": dc.max_item_freq},
-                                {}, {"suite": "suite"}))
+        stages.append(StageSpec("decontam_index", "decontam_index", index_config(recipe.decontamination), {},
+                                {"suite": "suite"}))
 
 
 def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:

@@ -20,6 +20,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from harness.filters.config import DecontaminationConfig  # noqa: F401  (the recipe's decontamination section)
+from harness.filters.config import validate as validate_decontamination
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
 from harness.seeds.config import STRATIFY, CategoryConfig
@@ -84,14 +86,6 @@ class SyntheticConfig:
     verify_votes: int = 3  # majority verification of items with options (0: off)
     dedup_threshold: float = 0.7  # near-duplicate Jaccard threshold (word 3-grams)
     decontaminate: bool = True  # drop items matching the eval index
-
-
-@dataclass
-class DecontaminationConfig:
-    ngram: int = 13
-    ngram_min: int = 8  # short eval items use max(ngram_min, words // 2)
-    max_item_freq: int = 10  # n-grams shared by this many eval items are templates, not content
-    corpus_report: bool = True  # check every base corpus an arm uses against the index (report only)
 
 
 @dataclass
@@ -471,11 +465,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                     "corpus passages" if s.kind == "unseeded_qa" else "context_share > 0 grounds requests in "
                     "corpus passages"))
     validate_generator(recipe.generator, bad)
-    dc = recipe.decontamination
-    if not 5 <= dc.ngram_min <= dc.ngram:
-        bad("decontamination", f"need 5 <= ngram_min <= ngram, got ngram_min {dc.ngram_min}, ngram {dc.ngram}")
-    if dc.max_item_freq < 2:
-        bad("decontamination.max_item_freq", "must be at least 2")
+    validate_decontamination(recipe.decontamination, bad)
 
     tok = recipe.tokenizer
     continuation = recipe.base.from_ is not None

@@ -1,12 +1,18 @@
 """Decontamination against the real offline suite: planted eval items (verbatim or lightly edited) are caught,
-train-split items are not reported, the base-corpus check reports per task; dedup against seeds."""
+train-split items are not reported, the base-corpus check reports per task; dedup against seeds. The fuzzy stage:
+light edits that no n-gram matches, in items and in documents, no flags on thousands of unrelated paragraphs, and
+none for resembling a TRAIN item, even one that an eval item resembles."""
 
+import collections
+import dataclasses
 import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 
-from harness.filters import decontam, dedup
+from harness.filters import decontam, dedup, fuzzy
 from harness.plan import Plan
 
 from conftest import base_recipe, make_docs, write_jsonl, write_recipe
@@ -47,6 +53,134 @@ def _as_item(doc: dict, edit: str | None, rng: random.Random) -> dict:
             "answer_text": gold, "context": None}
 
 
+SOTU = Path(__file__).resolve().parents[1] / ".cache" / "assets" / "sotu.jsonl"
+EDITS = ("case", "word", "swap", "options", "phrased", "combo")
+
+
+def _edited(doc: dict, edit: str, rng: random.Random) -> dict:
+    """An eval item as a generator (or a web page) might restate it: a light edit of one kind."""
+    q = doc["query"].replace("Question:", "").replace("\nAnswer:", "").strip()
+    choices, gold = list(doc["choices"]), doc["choices"][doc["gold"]]
+    answer = gold
+    w = q.split()
+    if edit == "case":  # case and punctuation
+        q = re.sub(r"[?!:;]|,(?!\d)", "", q).upper() + " ;"
+    elif edit == "word":
+        w[rng.randrange(len(w))] = rng.choice(["zebra", "thing", "blue"])
+        q = " ".join(w)
+    elif edit == "swap" and len(w) > 1:
+        i = rng.randrange(len(w) - 1)
+        w[i], w[i + 1] = w[i + 1], w[i]
+        q = " ".join(w)
+    elif edit == "options":  # reordered and lettered inside the question; the key is a letter
+        rng.shuffle(choices)
+        q += "\n" + "\n".join(f"({'ABCDEFGH'[i]}) {c}" for i, c in enumerate(choices))
+        answer = f"{'ABCDEFGH'[choices.index(gold)]}. {gold}"
+        choices = None
+    elif edit == "phrased":
+        answer = f"The answer is {gold}."
+    elif edit == "combo" and len(w) > 1:  # lower case, a word replaced, neighbours swapped, a phrased answer
+        w = q.lower().split()
+        w[rng.randrange(len(w))] = "zebra"
+        i = rng.randrange(len(w) - 1)
+        w[i], w[i + 1] = w[i + 1], w[i]
+        q, answer = " ".join(w), f"the answer is {gold}"
+    return {"item_id": doc["id"], "question": q, "choices": choices, "answer_text": answer, "context": None}
+
+
+def _exact_only(index: decontam.Index) -> decontam.Index:
+    return dataclasses.replace(index, fuzzy=None)
+
+
+@pytest.fixture(scope="module")
+def short_evals(index_and_docs):
+    """Eval items of at most 20 question words: where a light edit leaves no n-gram of the exact stage whole."""
+    _, _, evals, _ = index_and_docs
+    return [d for d in evals if 3 <= len(fuzzy.words(d["query"])) <= 20]
+
+
+def test_align_is_the_semi_global_edit_distance():
+    def reference(p, t):  # the textbook table: the stretch may start and end anywhere in t
+        row = [0] * (len(t) + 1)
+        for i, c in enumerate(p, 1):
+            new = [i]
+            for j, x in enumerate(t, 1):
+                new.append(min(row[j] + 1, new[j - 1] + 1, row[j - 1] + (c != x)))
+            row = new
+        return min(row)
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        p = [rng.choice("abcde") for _ in range(rng.randint(1, 70))]  # past 64 words: Python ints carry the bits
+        t = [rng.choice("abcde") for _ in range(rng.randint(0, 90))]
+        assert fuzzy.align(p, t)[0] == reference(p, t)
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_lightly_edited_items_are_caught(index_and_docs, short_evals, edit):
+    _, index, _, _ = index_and_docs
+    rng = random.Random(EDITS.index(edit))
+    planted = [_edited(d, edit, rng) for d in rng.sample(short_evals, 600)]
+    clean, dropped, _ = decontam.check_items(index, planted)
+    # one light edit: at least 95% caught; all of them at once (combo) is no longer light for a short question
+    assert len(dropped) >= (0.90 if edit == "combo" else 0.95) * len(planted), [c["question"] for c in clean[:10]]
+    assert all(d["item_id"] in d["contaminates"] for d in dropped)
+    if edit in ("word", "swap", "options", "combo"):  # what the n-gram stage alone lets through, the fuzzy one catches
+        missed, _, _ = decontam.check_items(_exact_only(index), planted)
+        _, fuzzy_caught, _ = decontam.check_items(index, missed)
+        assert len(missed) >= 0.02 * len(planted) and len(fuzzy_caught) >= 0.5 * len(missed)
+        assert {d["matched_by"] for d in fuzzy_caught} == {"fuzzy"}
+
+
+def _paragraphs(n: int) -> list[str]:
+    """Paragraph-sized pieces (120 words) of the SOTU addresses: prose that no eval item is about."""
+    out: list[str] = []
+    for line in SOTU.read_text().splitlines():
+        w = json.loads(line)["text"].split()
+        out += [" ".join(w[i:i + 120]) for i in range(0, len(w) - 119, 120)]
+    return random.Random(4).sample(out, n)
+
+
+def test_fuzzy_stage_in_documents_catches_edits_and_spares_unrelated_paragraphs(index_and_docs, short_evals):
+    _, index, _, _ = index_and_docs
+    paras = _paragraphs(4000)
+    rep = decontam.check_documents(index, paras)
+    # the exact stage finds real quotations (MMLU's history items quote addresses); the fuzzy stage adds none
+    assert rep["matched_by"].get("fuzzy", 0) <= 0.001 * len(paras), rep["per_task"]
+    rng = random.Random(12)
+    planted, want = [], []
+    for d in rng.sample(short_evals, 300):
+        it = _edited(d, rng.choice(EDITS), rng)
+        body = " ".join([it["question"], *(it["choices"] or []), it["answer_text"]])
+        planted.append(f"{rng.choice(paras)} {body} {rng.choice(paras)}")
+        want.append(d["id"])
+    ck = decontam.Checker(index)
+    fz = fuzzy.FuzzyChecker(index.fuzzy)
+    found = [{index.items[e]["id"] for e in {**a, **b}} for a, b in zip(ck.matches_each(planted),
+                                                                         fz.matches_each(planted))]
+    caught = sum(w in f for w, f in zip(want, found))
+    exact = sum(w in {index.items[e]["id"] for e in a} for w, a in zip(want, ck.matches_each(planted)))
+    assert caught >= 0.95 * len(planted) and exact < caught
+
+
+def test_resembling_a_train_item_is_not_contamination(index_and_docs):
+    """Train items that an eval item resembles (the fuzzy stage matches them to it) are, restated, still closer to
+    themselves: not flagged. Without the train bank's rule every one of them would be."""
+    _, index, _, train = index_and_docs
+    fz = fuzzy.FuzzyChecker(index.fuzzy)
+    texts = [fuzzy.item_text(fuzzy.question_of(d), d["choices"], fuzzy.answer_of(d)) for d in train]
+    no_train = fuzzy.FuzzyChecker(dataclasses.replace(index.fuzzy, train=fuzzy.Bank(
+        index.fuzzy.train.keys[:0], index.fuzzy.train.owner[:0], index.fuzzy.train.need[:0], [], [])))
+    twins = [d for d, h in zip(train, no_train.matches_each(texts)) if h]
+    assert len(twins) >= 50  # benchmarks' train and eval splits hold near-twins
+    rng = random.Random(2)
+    items = [_edited(d, rng.choice(["case", "phrased", "none"]), rng) for d in twins]
+    unruled = no_train.matches_each([fuzzy.item_text(i["question"], i["choices"], i["answer_text"]) for i in items])
+    assert sum(bool(h) for h in unruled) >= 0.9 * len(items)
+    clean, dropped, _ = decontam.check_items(index, items)
+    assert not [d for d in dropped if d["matched_by"] == "fuzzy"]
+
+
 def test_index_covers_every_eval_split(index_and_docs):
     plan, index, evals, train = index_and_docs
     st = index.stats
@@ -54,6 +188,9 @@ def test_index_covers_every_eval_split(index_and_docs):
     assert set(st["items_per_task"]) == {"arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa",
                                          "piqa", "socialiqa", "winogrande", "sciq", "mmlu"}
     assert {e["split"] for e in evals} == {"validation", "test"} and st["ngrams_kept"] > 0.9 * st["ngrams"]
+    fz = st["fuzzy"]
+    assert fz["eval"]["items"] == len(evals) and fz["eval"]["keyed"] > 0.99 * len(evals)
+    assert fz["train"]["items"] == len(train) > 100_000 and index.fuzzy.params["threshold"] == 0.75
 
 
 @pytest.mark.parametrize("edit", [None, "case", "prefix", "shuffle"])

@@ -7,6 +7,10 @@ item still leaves a whole n-gram intact; sequences shorter than N_min are matche
 Two kinds of n-gram are left out, and counted: those found in the TRAIN splits of the suite's tasks (training
 data the recipe may use; an item that shares them is not eval contamination), and those shared by many eval items
 (templates such as "which of the following best describes", not content).
+
+A second, fuzzy stage (harness/filters/fuzzy.py) catches lightly edited eval items that no n-gram matches: texts
+the exact stage passes are checked there, and what it flags is dropped (synthetic items) or reported (corpora) the
+same way, marked "fuzzy" with its similarity.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.filters import fuzzy
 from harness.filters.text import WordHasher, member, ngram_hashes, words
 
 MIN_WHOLE = 5
@@ -57,6 +62,7 @@ class Index:
     items: list[dict]  # {id, task, split, text}
     ns: list[int]  # n values in use
     stats: dict
+    fuzzy: fuzzy.FuzzyIndex | None = None  # the second stage, over the same items (None: off)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,18 +70,22 @@ class Index:
         np.save(folder / "item_of.npy", self.item_of)
         (folder / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in self.items))
         (folder / "index.json").write_text(json.dumps({"ns": self.ns, "stats": self.stats}, indent=1))
+        if self.fuzzy is not None:
+            self.fuzzy.save(folder / "fuzzy")
 
     @staticmethod
     def load(folder: Path) -> "Index":
         meta = json.loads((folder / "index.json").read_text())
         items = [json.loads(l) for l in (folder / "items.jsonl").read_text().splitlines()]
+        fx = fuzzy.FuzzyIndex.load(folder / "fuzzy") if (folder / "fuzzy").is_dir() else None
         return Index(np.load(folder / "hashes.npy"), np.load(folder / "item_of.npy"), items, meta["ns"],
-                     meta["stats"])
+                     meta["stats"], fx)
 
 
 def build(eval_docs: list[dict], train_docs: list[dict], n: int = 13, n_min: int = 8,
-          max_item_freq: int = 10) -> Index:
-    """eval_docs: {id, task, split, query, choices, gold}; train_docs: the same shape (their n-grams are allowed)."""
+          max_item_freq: int = 10, fuzzy_params: dict | None = None) -> Index:
+    """eval_docs: {id, task, split, query, choices, gold}; train_docs: the same shape (their n-grams are allowed).
+    fuzzy_params ({ngram, threshold, max_item_freq}) builds the fuzzy stage's index too."""
     wh = WordHasher()
     hs, owners, ns = [], [], set()
     unindexed = 0
@@ -117,7 +127,10 @@ def build(eval_docs: list[dict], train_docs: list[dict], n: int = 13, n_min: int
              "n": n, "n_min": n_min, "max_item_freq": max_item_freq,
              "items_per_task": dict(collections.Counter(d["task"] for d in eval_docs))}
     order = np.argsort(kept_h, kind="stable")
-    return Index(kept_h[order], kept_i[order], items, sorted(ns), stats)
+    fx = fuzzy.build(eval_docs, train_docs, **fuzzy_params) if fuzzy_params is not None else None
+    if fx is not None:
+        stats["fuzzy"] = fx.stats
+    return Index(kept_h[order], kept_i[order], items, sorted(ns), stats, fx)
 
 
 class Checker:
@@ -173,7 +186,9 @@ class ItemCheck:
 
     def __init__(self, index: Index, examples: int = 3):
         self.index, self.ck, self.examples = index, Checker(index), examples
+        self.fz = fuzzy.FuzzyChecker(index.fuzzy) if index.fuzzy is not None else None
         self.report: dict[str, dict] = {}
+        self.by = collections.Counter()  # dropped items per stage: ngram, fuzzy
 
     def batch(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
         clean, dropped = [], []
@@ -184,11 +199,21 @@ class ItemCheck:
             for (n, _), hits in zip(chunk, self.ck.matches_each([q for _, q in chunk])):
                 for e, g in hits.items():
                     per_item[n].setdefault(e, g)
-        for it, hits in zip(items, per_item):
+        how = ["ngram" if hits else None for hits in per_item]
+        if self.fz is not None:  # what no n-gram matches goes to the fuzzy stage
+            rest = [n for n, hits in enumerate(per_item) if not hits]
+            texts = [fuzzy.item_text(items[n]["question"], items[n].get("choices"), items[n].get("answer_text"),
+                                     items[n].get("context"), items[n].get("explanation")) for n in rest]
+            for n, hits in zip(rest, self.fz.matches_each(texts)):
+                if hits:
+                    per_item[n] = {e: _fuzzy_match(sim, stretch) for e, (sim, stretch) in hits.items()}
+                    how[n] = "fuzzy"
+        for it, hits, by in zip(items, per_item, how):
             if not hits:
                 clean.append(it)
                 continue
-            dropped.append({**it, "contaminates": sorted({self.index.items[i]["id"] for i in hits})})
+            self.by[by] += 1
+            dropped.append({**it, "contaminates": sorted({self.index.items[i]["id"] for i in hits}), "matched_by": by})
             _note(self.report, self.index, hits, "item", it["item_id"], self.examples)
         return clean, dropped
 
@@ -206,12 +231,18 @@ def check_items(index: Index, items: list[dict], examples: int = 3) -> tuple[lis
 def check_documents(index: Index, docs, examples: int = 3) -> dict:
     """Report-only check of a corpus: per eval task, the eval items some document matches."""
     ck = Checker(index)
+    fz = fuzzy.FuzzyChecker(index.fuzzy) if index.fuzzy is not None else None
     report: dict[str, dict] = {}
     n_docs = n_words = 0
+    by = collections.Counter()  # documents matched per stage
 
     def flush(batch: list[str], first: int) -> None:
-        for d, hits in enumerate(ck.matches_each(batch), start=first):
-            _note(report, index, hits, "document", d, examples)
+        exact = ck.matches_each(batch)
+        near = fz.matches_each(batch) if fz is not None else [{} for _ in batch]
+        for d, (hits, fhits) in enumerate(zip(exact, near), start=first):
+            fhits = {e: _fuzzy_match(*h) for e, h in fhits.items() if e not in hits}
+            by.update([s for s, h in (("ngram", hits), ("fuzzy", fhits)) if h])
+            _note(report, index, {**hits, **fhits}, "document", d, examples)
 
     batch: list[str] = []
     batch_chars = 0
@@ -227,7 +258,12 @@ def check_documents(index: Index, docs, examples: int = 3) -> dict:
     out = _finish(report)
     for r in out.values():
         r["documents"] = r.pop("dropped")
-    return {"documents": n_docs, "words": n_words, "per_task": out}
+    return {"documents": n_docs, "words": n_words, "per_task": out, "matched_by": dict(by)}
+
+
+def _fuzzy_match(sim: float, stretch: str) -> str:
+    """How a fuzzy match is shown where an exact one shows its n-gram."""
+    return f"~{sim:.2f}: {stretch[:160]}"
 
 
 def _note(report: dict, index: Index, hits: dict[int, str], what: str, who, examples: int) -> None:

@@ -49,7 +49,8 @@ def find(plan: Plan, item_id: str) -> dict:
             out.update(item=it, status="kept")
         elif filt and (it := _find(filt[0] / "contaminated.jsonl", "item_id", item_id)):
             out.update(item=it, status="dropped",
-                       dropped_by=f"decontamination (matches {', '.join(it['contaminates'])})")
+                       dropped_by=f"decontamination, {it.get('matched_by', 'ngram')} stage (matches "
+                                  f"{', '.join(it['contaminates'])})")
         elif (it := next((x for d in gens if (x := _find(d / "items.jsonl", "item_id", item_id))), None)):
             out.update(item=it, status="dropped" if filt else "generated (not filtered yet)",
                        dropped_by="near-duplicate (of another item or of a seed)" if filt else None)

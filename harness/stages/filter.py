@@ -15,7 +15,8 @@ from harness.stages import Stage, StageContext, read_jsonl, register
 
 
 def _report_md(title: str, per_task: dict, what: str) -> str:
-    lines = [f"# {title}", "", f"| eval task | eval items matched | {what} | example n-gram |", "|---|---:|---:|---|"]
+    lines = [f"# {title}", "", f"| eval task | eval items matched | {what} | example match (n-gram, or ~similarity: "
+             f"the fuzzy stage's stretch) |", "|---|---:|---:|---|"]
     for task, r in per_task.items():
         ex = r["examples"][0]["ngram"] if r["examples"] else ""
         lines.append(f"| {task} | {r['matched_eval_items']} | {r.get('dropped', r.get('documents'))} | {ex} |")
@@ -26,8 +27,8 @@ def _report_md(title: str, per_task: dict, what: str) -> str:
 
 def _flagged_md(path, limit: int = 200) -> str:
     """The dropped items, each with the seed (or passage) it was written from and the eval items it matches."""
-    lines = ["", "## Dropped items and what they came from", "", "| item | seed or passage | eval items matched |",
-             "|---|---|---|"]
+    lines = ["", "## Dropped items and what they came from", "",
+             "| item | seed or passage | eval items matched | matched by |", "|---|---|---|---|"]
     n = 0
     with open(path) as f:
         for line in f:
@@ -35,15 +36,16 @@ def _flagged_md(path, limit: int = 200) -> str:
             n += 1
             if n <= limit:
                 lines.append(f"| {r['item_id']} | {r.get('seed_id') or r.get('passage_id')} | "
-                             f"{', '.join(r['contaminates'][:5])} |")
+                             f"{', '.join(r['contaminates'][:5])} | {r.get('matched_by', 'ngram')} |")
     if n > limit:
-        lines.append(f"| ... {n - limit} more in contaminated.jsonl | | |")
+        lines.append(f"| ... {n - limit} more in contaminated.jsonl | | | |")
     return "\n".join(lines) + "\n" if n else ""
 
 
 @register
 class DecontamIndexStage(Stage):
     kind = "decontam_index"
+    version = 2  # the fuzzy stage's index beside the n-gram index
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config
@@ -53,7 +55,7 @@ class DecontamIndexStage(Stage):
             task, split = f.parent.name, f.stem
             rows = [{**r, "task": task, "split": split} for r in read_jsonl(f)]
             (train if split == "train" else evals).extend(rows)
-        index = decontam.build(evals, train, cfg["ngram"], cfg["ngram_min"], cfg["max_item_freq"])
+        index = decontam.build(evals, train, cfg["ngram"], cfg["ngram_min"], cfg["max_item_freq"], cfg.get("fuzzy"))
         index.save(ctx.workdir / "index")
         ctx.log.info("index over %d eval items: %s", len(evals), index.stats)
         return {"dir": "index", **index.stats}
@@ -88,7 +90,7 @@ def _rows(ctx: StageContext, name: str) -> Iterator[dict]:
 @register
 class FilterStage(Stage):
     kind = "filter"
-    version = 3  # items list the filters they passed; the report names the seed behind each dropped item
+    version = 4  # the fuzzy stage after the n-gram stage; dropped items say which stage matched them
 
     def run(self, ctx: StageContext) -> dict:
         from harness.filters import dedup
@@ -122,7 +124,9 @@ class FilterStage(Stage):
             + (_flagged_md(ctx.workdir / "contaminated.jsonl") if check is not None else ""))
         ctx.log.info("decontamination: %d dropped; %d items kept", n_dropped, n)
         return {"file": "items.jsonl", "generated": generated, "input": n_in, "deduplicated": dict(dd.dropped),
-                "after_dedup": n_dedup, "decontaminated": n_dropped, "kept": n, "dedup_key_bytes": dd.nbytes,
+                "after_dedup": n_dedup, "decontaminated": n_dropped,
+                "decontaminated_by": dict(check.by) if check is not None else {}, "kept": n,
+                "dedup_key_bytes": dd.nbytes,
                 "contamination": {t: {k: v for k, v in r.items() if k not in decontam.DETAIL}
                                   for t, r in report.items()}}
 
@@ -130,7 +134,7 @@ class FilterStage(Stage):
 @register
 class ContaminationStage(Stage):
     kind = "contamination"
-    version = 2  # contamination.json lists the matched eval items
+    version = 3  # the fuzzy stage's matches too
 
     def run(self, ctx: StageContext) -> dict:
         rt = ctx.spec.runtime
@@ -143,6 +147,6 @@ class ContaminationStage(Stage):
                                                                  rep["per_task"], "documents"))
         for task, r in rep["per_task"].items():
             ctx.log.info("%s: %d eval items matched by %d documents", task, r["matched_eval_items"], r["documents"])
-        return {"documents": rep["documents"], "words": rep["words"],
+        return {"documents": rep["documents"], "words": rep["words"], "matched_by": rep["matched_by"],
                 "per_task": {t: {k: v for k, v in r.items() if k not in decontam.DETAIL}
                              for t, r in rep["per_task"].items()}}

@@ -263,7 +263,9 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
     _ensure_index(recipe, stages)
     used = ["unseeded_qa"] if syn.kind == "unseeded_qa" else \
         ["similar_mc", "similar_completion", "similar_yesno", "similar_open"]
-    used += (["enrich"] if syn.enrich else []) + (["verify"] if syn.verify_votes else [])
+    v = syn.verification
+    used += (["enrich"] if syn.enrich else []) + (["verify"] if v.enabled else []) + \
+        (["verify_open"] if v.enabled and v.open_answers else [])
     templates = Templates(g.templates).hashes(used)
     gen = {"backend": g.backend, "model": g.model, "temperature": g.temperature, "top_p": g.top_p,
            "max_tokens": g.max_tokens}
@@ -275,7 +277,7 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
         gen["prefill"] = True
     config = {"kind": syn.kind, "seed": syn.seed, "samples_per_seed": syn.samples_per_seed, "fewshot": syn.fewshot,
               "context_share": syn.context_share, "pairs_per_passage": syn.pairs_per_passage, "enrich": syn.enrich,
-              "verify_votes": syn.verify_votes, "generator": gen, "model_id": model_identity(g, store),
+              "verification": rcp.to_dict(v), "generator": gen, "model_id": model_identity(g, store),
               "templates": templates}
     runtime = {"server": g.server, "server_kind": g.server_kind, "concurrency": g.concurrency, "timeout": g.timeout,
                "max_retries": g.max_retries, "startup_timeout": g.startup_timeout, "templates": g.templates,

@@ -24,6 +24,8 @@ from harness.filters.config import DecontaminationConfig  # noqa: F401  (the rec
 from harness.filters.config import validate as validate_decontamination
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
+from harness.generation.verification import VerificationConfig
+from harness.generation.verification import validate as validate_verification
 from harness.seeds.config import STRATIFY, CategoryConfig
 from harness.seeds.config import validate as validate_seed_selection
 from harness.training.base import BaseConfig, validate_base
@@ -83,7 +85,8 @@ class SyntheticConfig:
     passages: Optional[int] = None
     pairs_per_passage: int = 3  # unseeded_qa
     enrich: bool = False  # ask for a short explanation per item and render it before the answer
-    verify_votes: int = 3  # majority verification of items with options (0: off)
+    # votes by a model answering each item again without its key: see harness/generation/verification.py
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
     dedup_threshold: float = 0.7  # near-duplicate Jaccard threshold (word 3-grams)
     decontaminate: bool = True  # drop items matching the eval index
 
@@ -450,8 +453,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                     bad(f"synthetic.{name}.{key}", "must be at least 1")
             if s.fewshot < 1:
                 bad(f"synthetic.{name}.fewshot", "at least one example (the seed) is shown")
-            if s.verify_votes < 0:
-                bad(f"synthetic.{name}.verify_votes", "must be >= 0 (0 turns verification off)")
+            validate_verification(f"synthetic.{name}.verification", s.verification, bad)
             if _bad_number(s.context_share) or not 0 <= s.context_share <= 1:
                 bad(f"synthetic.{name}.context_share", f"must be in [0, 1], got {s.context_share}")
             if not 0 < s.dedup_threshold <= 1:

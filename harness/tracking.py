@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from harness.generation import verification
 from harness.seeds.config import seed_tasks
 
 
@@ -63,8 +64,8 @@ def run_config(recipe, arm, seed: int) -> dict:
         generated = s.kind in ("task_seeded", "unseeded_qa")
         synthetic[name] = {"kind": s.kind, "generator": recipe.generator.model if generated else "none",
                            "samples_per_seed": s.samples_per_seed if generated else 0,
-                           "verification": f"majority of {s.verify_votes}" if generated and s.verify_votes else "off",
-                           "verify_votes": s.verify_votes if generated else 0, "enrich": bool(s.enrich and generated),
+                           "verification": verification.describe(s.verification) if generated else "off",
+                           "enrich": bool(s.enrich and generated),
                            "tasks": ",".join(seed_tasks(s.tasks, s.categories)) if s.kind != "unseeded_qa" else ""}
     return {"experiment": recipe.experiment, "arm": arm.name, "seed": int(seed),
             "model": recipe.base.from_ or recipe.model.preset, "continuation": recipe.base.from_ is not None,

@@ -46,9 +46,9 @@ def _lines(path) -> list[dict]:
 
 
 SEEDED = {"kind": "task_seeded", "tasks": ["offline_arc_easy", "offline_boolq"], "per_task_cap": 3,
-          "samples_per_seed": 1, "fewshot": 1, "verify_votes": 2, "enrich": True}
+          "samples_per_seed": 1, "fewshot": 1, "verification": {"votes": 2}, "enrich": True}
 UNSEEDED = {"kind": "unseeded_qa", "context_corpus": "prose", "passages": 4, "pairs_per_passage": 2,
-            "samples_per_seed": 1}
+            "samples_per_seed": 1, "verification": {"votes": 1}}  # open answers: one vote each, to stay fast
 
 
 def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
@@ -176,7 +176,7 @@ def _wait_rows(store, n, proc, timeout=240):
 def test_killed_stage_and_dead_server_then_resume(tmp_path, cli):
     store = tmp_path / "runs"
     syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 6, "samples_per_seed": 2,
-                    "verify_votes": 0, "enrich": False}}
+                    "verification": {"enabled": False}, "enrich": False}}
     server = ManagedServer("transformers", MODEL, tmp_path / "server.log").start()
     try:
         r = base_recipe(tmp_path, synthetic=syn, generator={"backend": "openai", "server": server.base_url,
@@ -216,7 +216,7 @@ def test_killed_stage_and_dead_server_then_resume(tmp_path, cli):
 
 
 def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
-    syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 2, "verify_votes": 1,
+    syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 2, "verification": {"votes": 1},
                     "enrich": False}}
     texts = []
     for exp in ("hf1", "hf2"):

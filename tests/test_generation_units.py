@@ -194,14 +194,16 @@ def test_rendered_options_are_shuffled_except_positional_ones():
 
 def test_verifier_sees_the_passage():
     """A yes/no item about a passage cannot be checked without it (it was shown without one before)."""
-    from harness.generation import pipeline
+    from harness.generation import pipeline, verification
     from harness.generation.prompts import Templates
 
     item = {"item_id": "b/train/0#0", "type": "yesno", "question": "Does the river Elm flood in spring?",
             "context": "The river Elm floods every spring.", "choices": ["yes", "no"], "answer_index": 0,
             "answer_text": "yes"}
-    reqs, perms = pipeline.verify_requests([item], 3, Templates(), pipeline.Sampling(0.8, 0.95, 64, 3))
-    assert len(reqs) == 3 and all("Passage: The river Elm floods every spring." in r.messages[0][1] for r in reqs)
+    open_item = {**item, "item_id": "p0#0.0", "type": "open", "choices": None, "answer_index": None}
+    reqs, perms = verification.requests([item, open_item], verification.VerificationConfig(), Templates(),
+                                        pipeline.Sampling(0.8, 0.95, 64, 3))
+    assert len(reqs) == 4 + 3 and all("Passage: The river Elm floods every spring." in r.messages[0][1] for r in reqs)
 
 
 def test_unseeded_pairs_follow_their_document():

@@ -206,9 +206,9 @@ def test_wandb_runs_are_filterable_by_arm_share_and_generator(rendered):
     taskqa = flat(plan.by_id("train/taskqa_10/seed2").runtime["wandb_config"])
     assert taskqa["share.web"] == 0.9 and taskqa["share.taskqa"] == 0.1 and taskqa["share.unseeded"] == 0.0
     assert taskqa["synthetic.taskqa.generator"] == "Qwen/Qwen2.5-7B-Instruct"
-    assert taskqa["synthetic.taskqa.samples_per_seed"] == 50 and taskqa["synthetic.taskqa.verify_votes"] == 3
-    assert taskqa["synthetic.taskqa.verification"] == "majority of 3" and taskqa["synthetic.taskqa.kind"] == \
-        "task_seeded"
+    assert taskqa["synthetic.taskqa.samples_per_seed"] == 50
+    assert taskqa["synthetic.taskqa.verification"] == "votes scaled to the options, chance pass <= 0.1, temperature " \
+        "0.2, open answers too" and taskqa["synthetic.taskqa.kind"] == "task_seeded"
     unseeded = flat(plan.by_id("train/unseeded_20/seed1").runtime["wandb_config"])
     assert unseeded["synthetic.unseeded.kind"] == "unseeded_qa" and unseeded["share.unseeded"] == 0.2
     assert not any(k.startswith("synthetic.taskqa") for k in unseeded), "only the sets the arm uses"

@@ -5,9 +5,7 @@ first) and writes one new item of the seed's type; with probability `context_sha
 passage. Unseeded control: diverse Q&A pairs written from a corpus passage alone. With prefill, each request
 carries the answer's first label for the model to continue. Parsed items are screened (a grounded item gets its
 passage back; items pointing at a passage they lack and near-copies of their seed go); then, optionally, an
-explanation per item (enrichment) and majority verification of items with options: the generator answers its own
-question `votes` times, options shuffled each time, passage shown, without the key; the item stays when the
-majority agrees. Every item is keyed by (seed or passage id, sample index), so reruns neither duplicate nor skip."""
+explanation per item (enrichment) and verification (harness/generation/verification.py). Every item is keyed by (seed or passage id, sample index), so reruns neither duplicate nor skip."""
 
 from __future__ import annotations
 
@@ -234,44 +232,3 @@ def enrich(items: list[dict], driver: Driver, tpl: Templates, s: Sampling) -> co
         it["explanation"] = text if ok else None
         bad["explanation_missing" if not ok else "explained"] += 1
     return bad
-
-
-def verify_requests(items: list[dict], votes: int, tpl: Templates, s: Sampling) -> tuple[list[Request], dict]:
-    """`votes` requests per item with options, each with the options shuffled its own way and the item's passage
-    shown; the permutation of each request."""
-    reqs, perms = [], {}
-    for it in items:
-        if not it.get("choices") or votes < 1:
-            continue
-        for v in range(votes):
-            key = f"verify:{it['item_id']}#{v}"
-            perm = list(range(len(it["choices"])))
-            random.Random(request_seed(s.seed, key)).shuffle(perm)
-            shown = {**it, "choices": [it["choices"][i] for i in perm]}
-            kind = "mc" if it["type"] == "yesno" else it["type"]
-            shown_text = fmt.show(shown, kind, with_answer=False, with_passage=True)  # a grounded item's passage too
-            reqs.append(s.request(key, tpl.render("verify", question=shown_text), max_tokens=8))
-            perms[key] = perm
-    return reqs, perms
-
-
-def verify(items: list[dict], votes: int, driver: Driver, tpl: Templates, s: Sampling) -> collections.Counter:
-    """Majority verification of items with options; others are marked unverified (kept)."""
-    counts = collections.Counter()
-    reqs, perms = verify_requests(items, votes, tpl, s)
-    got = driver.run("verify", reqs) if reqs else {}
-    for it in items:
-        if not it.get("choices") or votes < 1:
-            it["verified"], it["votes"] = None, None
-            counts["unverified"] += 1
-            continue
-        tally = collections.Counter()
-        for v in range(votes):
-            key = f"verify:{it['item_id']}#{v}"
-            pick = fmt.parse_letter(got[key].text, len(it["choices"])) if not got[key].error else None
-            if pick is not None:
-                tally[perms[key][pick]] += 1
-        it["votes"] = [tally.get(i, 0) for i in range(len(it["choices"]))]
-        it["verified"] = tally.get(it["answer_index"], 0) * 2 > votes
-        counts["verified" if it["verified"] else "failed_verification"] += 1
-    return counts

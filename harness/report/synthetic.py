@@ -5,6 +5,7 @@ without opening a manifest."""
 
 from __future__ import annotations
 
+from harness.generation import verification
 from harness.plan import Plan
 from harness.seeds.render import LETTERS
 
@@ -36,7 +37,9 @@ def collect(plan: Plan, recipe: dict) -> dict:
                        near_copies=screened.get("copied_seed_options", 0) + screened.get("copied_seed_passage", 0),
                        verified=verdicts.get("verified", 0), verification_checked=checked,
                        unverified=verdicts.get("unverified", 0), after_filter=filt["kept"],
-                       deduplicated=sum(filt["deduplicated"].values()), decontaminated=filt["decontaminated"])
+                       deduplicated=sum(filt["deduplicated"].values()), decontaminated=filt["decontaminated"],
+                       by_type=verification.summary(g.get("verification_by_type", {})),
+                       protocol=verification.describe(verification.VerificationConfig(**syn.get("verification", {}))))
         out[name] = row
     return out
 
@@ -75,4 +78,13 @@ def table(sets: dict) -> str:
                      f"{r['rendered'] or 0:,} | {_positions(r['answer_positions'])} |")
     if not sets:
         lines.append("| (none) | | | | | | | | |")
+    checked = {n: r for n, r in sets.items() if r.get("by_type")}
+    if checked:
+        lines += ["", "### verification by item type", "",
+                  "| set | protocol | item type | checked | passed | agreement among votes | unanimous | votes "
+                  "unparsed |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for name, r in checked.items():
+            for t, c in r["by_type"].items():
+                lines.append(f"| {name} | {r['protocol']} | {t} | {c['checked']:,} | {_rate(c['passed'], c['checked'])}"
+                             f" | {c['agreement']:.0%} | {c['unanimous']:,} | {c['votes_unparsed']:.0%} |")
     return "\n".join(lines) + "\n"

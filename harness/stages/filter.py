@@ -77,6 +77,10 @@ def _shard_items(ctx: StageContext) -> tuple[list[str], Iterator[dict], dict]:
                 total[key] = total.get(key, 0) + val
             elif key in ("malformed", "screened", "verification"):
                 total[key] = dict(collections.Counter(total.get(key, {})) + collections.Counter(val))
+            elif key == "verification_by_type":  # summed counts per item type
+                per = total.setdefault(key, {})
+                for t, c in val.items():
+                    per[t] = dict(collections.Counter(per.get(t, {})) + collections.Counter(c))
     return names, items, {"shards": len(names), **total}
 
 

@@ -9,7 +9,7 @@ import collections
 from contextlib import ExitStack
 from pathlib import Path
 
-from harness.generation import models, pipeline
+from harness.generation import models, pipeline, verification
 from harness.generation.backends import BackendOptions, make
 from harness.generation.cache import RequestCache
 from harness.generation.driver import Driver
@@ -48,8 +48,7 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
 @register
 class GenerateStage(Stage):
     kind = "generate"
-    version = 3  # grounded items carry their passage; items pointing at a passage they lack, and near-copies of
-    #              their seed's options or passage, are dropped
+    version = 4  # verification: votes scaled to the options, its own temperature, open answers verified
 
     def run(self, ctx: StageContext) -> dict:
         cfg, rt = ctx.spec.config, ctx.spec.runtime
@@ -85,7 +84,8 @@ class GenerateStage(Stage):
             items, screened = pipeline.screen(items, {s["seed_id"]: s for s in seeds})
             ctx.log.info("screened: %d kept; dropped %s", len(items), dict(screened))
             enriched = pipeline.enrich(items, driver, tpl, samp) if cfg["enrich"] else collections.Counter()
-            verdicts = pipeline.verify(items, cfg["verify_votes"], driver, tpl, samp)
+            checked = verification.verify(items, verification.VerificationConfig(**cfg["verification"]), driver, tpl,
+                                          samp)
         finally:
             driver.close()
             cache.close()
@@ -104,7 +104,7 @@ class GenerateStage(Stage):
         for it in items:  # parsed: past the screen
             per_task[it["task"]]["parsed"] += 1
             per_task[it["task"]]["kept"] += it.get("verified") is not False
-        ctx.log.info("verification: %s; %d items kept", dict(verdicts), len(kept))
+        ctx.log.info("verification: %s; %d items kept", dict(checked["counts"]), len(kept))
         shard = {"shard": [cfg["shard"], cfg["shards"]]} if "shards" in cfg else {}
         return {"file": "items.jsonl", **shard, "seeds": len({m["seed_id"] for m in meta.values()} - {None}),
                 "passages": len({m["passage_id"] for m in meta.values()} - {None}), "generations": len(reqs),
@@ -114,7 +114,8 @@ class GenerateStage(Stage):
                 "near_copy_rate": round((screened["copied_seed_options"] + screened["copied_seed_passage"])
                                         / max(1, parsed), 4),
                 "grounded": sum(bool(it.get("passage_id")) for it in items), "enrichment": dict(enriched),
-                "verification": dict(verdicts), "kept": len(kept),
+                "verification": dict(checked["counts"]), "verification_by_type": checked["per_type"],
+                "kept": len(kept),
                 "per_task": {t: dict(c) for t, c in sorted(per_task.items())},
                 "requests": {**driver.counts, "cache_journal": cache.journal, "cache_file": cache.path.name,
                              "found_in_other_caches": cache.found_elsewhere},

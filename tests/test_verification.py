@@ -1,0 +1,158 @@
+"""Verification's decisions on scripted votes, through the real OpenAI client against a loopback server that answers
+as scripted: the key (wherever the shuffle put it), a wrong option, the key in only some votes, nothing parseable,
+open answers that match the key or not. And the protocol's numbers: votes scaled to the options keep the chance that
+random answers pass a wrongly keyed item under the recipe's bound (a same-model majority of 3 passes half of the
+two-option ones)."""
+
+import collections
+import json
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from harness.generation import verification
+from harness.generation.backends import BackendOptions, make
+from harness.generation.cache import RequestCache
+from harness.generation.driver import Driver
+from harness.generation.pipeline import Sampling
+from harness.generation.prompts import Templates
+
+LETTER = re.compile(r"^([A-H])\. (.*)$", re.M)
+
+
+class Script:
+    """What the 'model' answers, by the marker word in the question; counts calls per question."""
+
+    def __init__(self):
+        self.calls = collections.Counter()
+        self.temperatures = []
+        self.lock = threading.Lock()
+
+    def reply(self, prompt: str, temperature: float) -> str:
+        question = re.search(r"Question: (.*)", prompt).group(1)
+        with self.lock:
+            self.calls[question] += 1
+            n = self.calls[question]
+            self.temperatures.append(temperature)
+        options = dict((text, letter) for letter, text in LETTER.findall(prompt))
+        if "always-right" in question:
+            return options["the key"]
+        if "always-wrong" in question:
+            return f"{options['a wrong one']}."
+        if "mostly-right" in question:  # the key in all votes but one
+            return options["the key"] if n > 1 else options["a wrong one"]
+        if "gibberish" in question:
+            return "hmm, hard to say"
+        if "open-right" in question:
+            return "The answer is the Elm river."
+        if "open-wrong" in question:
+            return "Mount Blanc"
+        raise AssertionError(question)
+
+
+@pytest.fixture
+def server():
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = script.reply(body["messages"][-1]["content"], body["temperature"])
+            out = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield script, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def _item(marker: str, options: int) -> dict:
+    if not options:
+        return {"item_id": f"{marker}#0", "type": "open", "question": f"{marker}: which river floods in spring?",
+                "choices": None, "answer_index": None, "answer_text": "the Elm river", "context": "The Elm floods."}
+    choices = ["the key", "a wrong one"] + [f"filler {i}" for i in range(options - 2)]
+    kind = "yesno" if options == 2 else "mc"
+    return {"item_id": f"{marker}{options}#0", "type": kind, "question": f"{marker} question with {options} options",
+            "choices": choices, "answer_index": 0, "answer_text": "the key", "context": None}
+
+
+def _run(tmp_path, url, items, cfg):
+    cache = RequestCache.for_stage(tmp_path, "verify", "scripted")
+    opts = BackendOptions(model="scripted", base_url=url, concurrency=4, timeout=10, max_retries=0, batch_size=4,
+                          chunk_size=None, engine={})
+    driver = Driver(cache, lambda stack: make("openai", opts), logging.getLogger("test"))
+    try:
+        return verification.verify(items, cfg, driver, Templates(), Sampling(0.8, 0.95, 64, 3))
+    finally:
+        driver.close()
+        cache.close()
+
+
+def test_scripted_votes_give_the_documented_decisions(tmp_path, server):
+    script, url = server
+    items = [_item(m, k) for m in ("always-right", "always-wrong", "mostly-right", "gibberish") for k in (2, 4)]
+    items += [_item("open-right", 0), _item("open-wrong", 0)]
+    out = _run(tmp_path, url, items, verification.VerificationConfig())
+    got = {it["item_id"]: it["verified"] for it in items}
+    assert got == {"always-right2#0": True, "always-right4#0": True, "always-wrong2#0": False,
+                   "always-wrong4#0": False, "mostly-right2#0": False, "mostly-right4#0": False,
+                   "gibberish2#0": False, "gibberish4#0": False, "open-right#0": True, "open-wrong#0": False}
+    # votes scaled to the options: two options need 4 of 4, four options 3 of 3, an open answer 2 of 3
+    by_id = {it["item_id"]: it for it in items}
+    assert by_id["always-right2#0"]["verification"] == {"votes": 4, "needed": 4, "chance_pass": 0.0625}
+    assert by_id["always-right4#0"]["verification"]["votes"] == 3 and by_id["always-right4#0"]["votes"] == [3, 0, 0, 0]
+    assert by_id["mostly-right4#0"]["votes"] == [2, 1, 0, 0]  # the key found wherever the shuffle put it
+    assert by_id["open-right#0"]["verification"] == {"votes": 3, "needed": 2, "chance_pass": 0.0}
+    assert script.calls["always-right question with 2 options"] == 4 and set(script.temperatures) == {0.2}
+    assert out["counts"] == {"verified": 3, "failed_verification": 7}
+    per = out["per_type"]
+    assert per["yesno"]["checked"] == 4 and per["yesno"]["passed"] == 1 and per["open"]["passed"] == 1
+    assert per["mc"]["votes_unparsed"] == 3 and per["yesno"]["votes_unparsed"] == 4  # the gibberish ones
+    s = verification.summary(per)
+    assert s["mc"]["pass_rate"] == 0.25 and s["mc"]["unanimous"] == 2  # always-right, always-wrong
+
+
+def test_fixed_votes_and_options_only(tmp_path, server):
+    _, url = server
+    items = [_item("mostly-right", 4), _item("open-right", 0)]
+    # five votes on four options: 3 agreeing would pass random answers 10.4% of the time, so 4 are needed and one
+    # dissent is allowed
+    out = _run(tmp_path, url, items, verification.VerificationConfig(votes=5, open_answers=False))
+    assert items[0]["verified"] is True and items[0]["verification"]["needed"] == 4 and items[0]["votes"][0] == 4
+    assert items[1]["verified"] is None and out["counts"]["unverified"] == 1
+
+
+def test_protocol_bounds_the_chance_that_random_answers_pass():
+    # the issue's finding: three same-model votes, majority rule, a wrongly keyed two-option item: half pass
+    assert verification.chance_pass(3, 2, 2) == 0.5
+    for options in range(2, 9):
+        n, need, chance = verification.requirement(options, None, 0.1)
+        assert chance <= 0.1 and need > n / 2 and 3 <= n <= verification.MAX_VOTES
+        assert chance == pytest.approx(verification.chance_pass(n, need, options))
+    assert verification.requirement(2, None, 0.1)[:2] == (4, 4)
+    assert verification.requirement(4, None, 0.1)[:2] == (3, 3)
+    assert verification.requirement(4, None, 0.2)[:2] == (3, 2)
+
+
+@pytest.mark.parametrize("reply,key,ok", [
+    ("The answer is the Elm river.", "Elm river", True), ("elm", "the Elm river", True),
+    ("Mount Blanc", "the Elm river", False), ("", "x", False), ("42\nbecause ...", "42", True),
+    ("carbon dioxide and water vapour in the air", "carbon dioxide", True),
+])
+def test_open_answers_match_by_normalised_words(reply, key, ok):
+    assert verification.matches_key(reply, key) is ok

@@ -3,7 +3,6 @@ train-split items are not reported, the base-corpus check reports per task; dedu
 light edits that no n-gram matches, in items and in documents, no flags on thousands of unrelated paragraphs, and
 none for resembling a TRAIN item, even one that an eval item resembles."""
 
-import collections
 import dataclasses
 import json
 import random
@@ -167,7 +166,6 @@ def test_resembling_a_train_item_is_not_contamination(index_and_docs):
     """Train items that an eval item resembles (the fuzzy stage matches them to it) are, restated, still closer to
     themselves: not flagged. Without the train bank's rule every one of them would be."""
     _, index, _, train = index_and_docs
-    fz = fuzzy.FuzzyChecker(index.fuzzy)
     texts = [fuzzy.item_text(fuzzy.question_of(d), d["choices"], fuzzy.answer_of(d)) for d in train]
     no_train = fuzzy.FuzzyChecker(dataclasses.replace(index.fuzzy, train=fuzzy.Bank(
         index.fuzzy.train.keys[:0], index.fuzzy.train.owner[:0], index.fuzzy.train.need[:0], [], [])))

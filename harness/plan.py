@@ -118,7 +118,13 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
         if syn.kind in ("seed_render", "task_seeded"):
             sel = seed_selection(syn.tasks, syn.categories, syn.per_task_cap, syn.per_group_cap, syn.stratify,
                                  syn.seed)
-            stages.append(StageSpec(f"seeds/{name}", "seeds", sel, {}, {"suite": "suite"}))
+            runtime = {}
+            if syn.kind == "task_seeded" and syn.tokens_per_request is not None:  # checked once the seeds are known
+                runtime["estimate"] = {"set": name, "samples_per_seed": syn.samples_per_seed,
+                                       "tokens_per_request": syn.tokens_per_request,
+                                       "shares": rcp.shares_of(recipe, name), "tokens": recipe.data.tokens,
+                                       "max_epochs": recipe.data.max_epochs}
+            stages.append(StageSpec(f"seeds/{name}", "seeds", sel, runtime, {"suite": "suite"}))
         items = f"seeds/{name}"
         if syn.kind in rcp.GENERATED_KINDS:
             stages += _generation_stages(recipe, store, name, stages)

@@ -20,6 +20,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from harness.data.blend import estimate_problem
+from harness.generation.passages import needed as passages_needed
 from harness.filters.config import DecontaminationConfig  # noqa: F401  (the recipe's decontamination section)
 from harness.filters.config import validate as validate_decontamination
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
@@ -85,6 +87,11 @@ class SyntheticConfig:
     passages: Optional[int] = None
     pairs_per_passage: int = 3  # unseeded_qa
     enrich: bool = False  # ask for a short explanation per item and render it before the answer
+    # expected rendered tokens per generation request (kept items x their tokens, plus the passage where it is
+    # rendered with them; a pilot's figure is in the report's synthetic table): with it, a set too small for the
+    # largest share within data.max_epochs is refused before generation (unseeded_qa at validation, task_seeded
+    # once its seeds are counted)
+    tokens_per_request: Optional[float] = None
     # votes by a model answering each item again without its key: see harness/generation/verification.py
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     dedup_threshold: float = 0.7  # near-duplicate Jaccard threshold (word 3-grams)
@@ -586,10 +593,25 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("seeds", "at least one training seed is required")
     if len(set(recipe.seeds)) != len(recipe.seeds):
         bad("seeds", f"duplicate seeds in {list(recipe.seeds)}")
+    for name, s in recipe.synthetic.items():  # the unseeded control's request count is known now
+        if s.kind == "unseeded_qa" and s.tokens_per_request is not None:
+            if _bad_number(s.tokens_per_request) or s.tokens_per_request <= 0:
+                bad(f"synthetic.{name}.tokens_per_request", f"must be positive, got {s.tokens_per_request}")
+                continue
+            problem = estimate_problem(name, passages_needed(s.kind, s.passages, 0, 1, 0) * s.samples_per_seed,
+                                       s.tokens_per_request, shares_of(recipe, name), recipe.data.tokens,
+                                       recipe.data.max_epochs)
+            if problem:
+                bad(f"synthetic.{name}", problem.split(": ", 1)[1])
     if p:
         raise RecipeError(p)
     if check_files:
         _check_data_sufficiency(recipe, where)
+
+
+def shares_of(recipe: Recipe, source: str) -> dict[str, float]:
+    """{arm: its share of `source`} for the arms that use it."""
+    return {a.name: a.mix[source] for a in recipe.arms if a.mix.get(source, 0) > 0}
 
 
 TIME_RE = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")

@@ -79,6 +79,9 @@ def test_report_tables_csv_latex_plots(ablation, cli):
     assert csv_text.startswith("metric,arm,reference,task") and "gold_bpb,mixed,base,sciq" in csv_text
     tokens = results["tokens"]["mixed"]
     assert abs(tokens["qa"]["share"] - 0.3) < 0.05
+    # beside the tokens seen: the source's unique tokens and the epochs they imply (from the blend)
+    assert tokens["qa"]["unique"] > 0 and abs(tokens["qa"]["epochs"] - 0.3 * 25_600 / tokens["qa"]["unique"]) < 0.01
+    assert f"{tokens['qa']['unique']:,} unique, {tokens['qa']['epochs']:.2f} epochs" in (rep / "tokens.md").read_text()
     # contamination beside the scores: the planted SciQ items that were evaluated, per arm; all six per source
     con = results["contamination"]
     assert con["arms"]["mixed"]["offline_sciq"] == {"matched": 5, "evaluated": 30, "unchecked": []}

@@ -67,8 +67,11 @@ def _directives(script: str) -> set[str]:
 def test_plan_has_every_arm_seed_and_both_synthetic_sets(rendered):
     plan, _, out = rendered
     ids = {s.id for s in plan.stages}
-    assert {f"train/{a}/seed{k}" for a in ("baseline", "taskqa_5", "taskqa_10", "taskqa_20", "unseeded_20")
-            for k in (1, 2, 3)} <= ids
+    assert {f"train/{a}/seed{k}" for a in ("baseline", "taskqa_5", "taskqa_10", "taskqa_20", "unseeded_5",
+                                           "unseeded_10", "unseeded_20") for k in (1, 2, 3)} <= ids
+    # the seeded set's size is checked against its 20% arm once the seeds are counted, before generation
+    est = plan.by_id("seeds/taskqa").runtime["estimate"]
+    assert est["shares"] == {"taskqa_5": 0.05, "taskqa_10": 0.1, "taskqa_20": 0.2} and est["tokens_per_request"] == 110
     assert {"seeds/taskqa", "generate/taskqa/shard0", "generate/taskqa/shard31", "filter/taskqa",
             "generate/unseeded/shard7", "filter/unseeded", "decontam_index", "contamination/web", "suite"} <= ids
     assert "seeds/unseeded" not in ids, "the unseeded control sees no task"
@@ -87,7 +90,7 @@ def test_training_scripts_span_two_nodes_of_eight_gpus_and_requeue(rendered):
     plan, scripts, _ = rendered
     trains = [s for k, s in scripts.items() if k.endswith("train")]
     sizes = sorted(int(re.search(r"--array=0-(\d+)", t).group(1)) + 1 for t in trains)
-    assert sizes == [3, 3, 9], sizes  # baseline; unseeded_20; taskqa_5/10/20 - three seeds each
+    assert sizes == [3, 9, 9], sizes  # baseline; unseeded_5/10/20; taskqa_5/10/20 - three seeds each
     base = plan.by_id("train/baseline/seed1").deps.values()
     assert "tokenize/web" in base and not any("taskqa" in d or "unseeded" in d for d in base)
     assert "tokenize/taskqa" in plan.by_id("train/taskqa_5/seed2").deps.values()
@@ -115,7 +118,7 @@ def test_generation_and_evaluation_jobs(rendered):
         "the filter waits for every shard"
     evals = [s for k, s in scripts.items() if k.endswith("eval")]
     assert all("--gpus-per-node=1" in _directives(e) for e in evals)
-    assert sum(e.count("  eval/") for e in evals) == 15
+    assert sum(e.count("  eval/") for e in evals) == 21  # seven arms x three seeds
     tok = next(s for k, s in scripts.items() if k.endswith("tokenizer"))
     assert "--partition=cpu" in _directives(tok) and not any(x.startswith("--gpus") for x in _directives(tok))
 
@@ -206,7 +209,7 @@ def test_wandb_runs_are_filterable_by_arm_share_and_generator(rendered):
     taskqa = flat(plan.by_id("train/taskqa_10/seed2").runtime["wandb_config"])
     assert taskqa["share.web"] == 0.9 and taskqa["share.taskqa"] == 0.1 and taskqa["share.unseeded"] == 0.0
     assert taskqa["synthetic.taskqa.generator"] == "Qwen/Qwen2.5-7B-Instruct"
-    assert taskqa["synthetic.taskqa.samples_per_seed"] == 50
+    assert taskqa["synthetic.taskqa.samples_per_seed"] == 80
     assert taskqa["synthetic.taskqa.verification"] == "votes scaled to the options, chance pass <= 0.1, temperature " \
         "0.2, open answers too" and taskqa["synthetic.taskqa.kind"] == "task_seeded"
     unseeded = flat(plan.by_id("train/unseeded_20/seed1").runtime["wandb_config"])

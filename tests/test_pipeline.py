@@ -281,3 +281,36 @@ def test_categories_draw_their_own_budgets(suite_store, tmp_path, cli):
     code, out = cli("plan", write_recipe(tmp_path / "c.yaml", r))
     assert code != 0 and "synthetic.sq.categories" in out and "not both" in out
     assert "'offline_piqa' is also in category 'a'" in out
+
+
+def test_synthetic_sets_too_small_for_their_share_are_refused_before_generation(suite_store, tmp_path, cli):
+    """requests x tokens_per_request against the largest share within data.max_epochs: the unseeded control at
+    validation (its request count is in the recipe), a task-seeded set once its seeds are counted (the seeds stage,
+    on a CPU, before any generation job starts)."""
+    r = base_recipe(tmp_path, store=str(suite_store / "runs"), experiment="estimate")
+    r["corpora"]["prose"] = {"paths": ["corpora/web.jsonl"]}
+    r["synthetic"] = {"uqa": {"kind": "unseeded_qa", "context_corpus": "prose", "passages": 50,
+                              "samples_per_seed": 1, "tokens_per_request": 100},
+                      "tsqa": {"kind": "task_seeded", "tasks": ["offline_arc_easy"], "per_task_cap": 10,
+                               "samples_per_seed": 2, "tokens_per_request": 100}}
+    r["arms"] += [{"name": "u_small", "mix": {"web": 0.9, "uqa": 0.1}},
+                  {"name": "u_big", "mix": {"web": 0.7, "uqa": 0.3}},
+                  {"name": "t_big", "mix": {"web": 0.6, "tsqa": 0.4}}]
+    # 50 x 100 = 5,000 tokens; u_big wants 0.3 x 40,000 = 12,000 within 4 epochs: fits (2.4 epochs)
+    code, out = cli("validate", write_recipe(tmp_path / "ok.yaml", r))
+    assert code == 0, out
+    r["synthetic"]["uqa"]["passages"] = 20  # 2,000 tokens: 6 epochs
+    code, out = cli("validate", write_recipe(tmp_path / "small.yaml", r))
+    assert code == 2 and "synthetic.uqa" in out and "arm 'u_big' takes 0.3" in out and "6.0 epochs" in out, out
+    r["synthetic"]["uqa"]["passages"] = 50
+    # 10 seeds x 2 samples x 100 = 2,000 tokens for 0.4 x 40,000 = 16,000: 8 epochs, refused by the seeds stage
+    path = write_recipe(tmp_path / "seeded.yaml", r)
+    code, out = cli("validate", path)
+    assert code == 0, out
+    code, out = cli("run", path, "--only", "seeds/tsqa")
+    assert code != 0 and "arm 't_big' takes 0.4" in out and "8.0 epochs" in out and "before the generation" in out
+    plan = Plan.load(suite_store / "runs" / "estimate" / "plan.json")
+    assert not plan.is_cached(plan.by_id("seeds/tsqa"))
+    r["synthetic"]["tsqa"]["tokens_per_request"] = 500  # 10,000 tokens: 1.6 epochs
+    code, out = cli("run", write_recipe(tmp_path / "seeded2.yaml", r), "--only", "seeds/tsqa")
+    assert code == 0, out

@@ -75,6 +75,27 @@ def plan_blend(sources: dict[str, str], shares: dict[str, float], budget_tokens:
     return plans
 
 
+def estimate_problem(name: str, requests: int, tokens_per_request: float, shares: dict[str, float],
+                     budget_tokens: int, max_epochs: float) -> str | None:
+    """Before generation: would the synthetic set `name`, at its expected size (requests x expected rendered tokens
+    per request), be repeated more than `max_epochs` times by the arm that takes the largest share of it? The message
+    names the arm, the figures and what would fix it; None when it fits (or no arm uses it)."""
+    if not shares or tokens_per_request is None:
+        return None
+    arm, share = max(shares.items(), key=lambda kv: kv[1])
+    expected = requests * tokens_per_request
+    wanted = share * budget_tokens
+    epochs = wanted / expected if expected else math.inf
+    if epochs <= max_epochs:
+        return None
+    factor = wanted / max_epochs / expected if expected else math.inf
+    return (f"synthetic.{name}: about {expected:,.0f} tokens expected ({requests:,} requests x {tokens_per_request:g} "
+            f"tokens per request, synthetic.{name}.tokens_per_request), but arm '{arm}' takes {share:g} of "
+            f"{budget_tokens:,} tokens = {wanted:,.0f}: {epochs:.1f} epochs, over data.max_epochs {max_epochs:g}. "
+            f"Generate about {factor:.1f}x more (samples_per_seed, passages), lower the share, or raise "
+            f"data.max_epochs - before the generation is spent")
+
+
 def build(plans: list[SourcePlan], budget_tokens: int, seq_length: int, split: str, seed: int, cache_dir: str,
           tokenizer, valid_samples: int = 0):
     """Build the train (and optionally valid) datasets with megatron.core; returns the built datasets."""

@@ -36,6 +36,7 @@ class ArmData:
     seeds: list[int]
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # metric -> task -> [seeds, items]
     tokens_by_source: dict[str, float] = field(default_factory=dict)  # mean over seeds
+    unique_by_source: dict[str, dict] = field(default_factory=dict)  # {unique: tokens, epochs}, from the blend
     evaluated: dict[str, set] = field(default_factory=dict)  # task -> ids of the evaluated items
     mix: dict[str, float] = field(default_factory=dict)
     item_ids: dict[str, list] = field(default_factory=dict)  # task -> the evaluated items' doc_ids, in order
@@ -95,6 +96,10 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
             tr = plan.by_id(f"train/{arm['name']}/seed{seed}")
             for src, n in plan.store.manifest(tr.kind, tr.digest)["result"]["tokens_by_source"].items():
                 data.tokens_by_source[src] = data.tokens_by_source.get(src, 0.0) + n / len(recipe["seeds"])
+            bl = plan.by_id(tr.deps["blend"]) if "blend" in tr.deps else None
+            if bl is not None and plan.is_cached(bl) and not data.unique_by_source:  # every seed has the same data
+                for s in plan.store.manifest(bl.kind, bl.digest)["result"]["sources"]:
+                    data.unique_by_source[s["name"]] = {"unique": s["available_tokens"], "epochs": s["epochs"]}
         if len(per_seed) != len(recipe["seeds"]):
             continue
         tasks = set(per_seed[0])
@@ -201,7 +206,8 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
             tables_md.append(md)
     for a in arms.values():
         total = sum(a.tokens_by_source.values()) or 1.0
-        results["tokens"][a.name] = {s: {"tokens": n, "share": n / total} for s, n in a.tokens_by_source.items()}
+        results["tokens"][a.name] = {s: {"tokens": n, "share": n / total, **a.unique_by_source.get(s, {})}
+                                     for s, n in a.tokens_by_source.items()}
     tokens_md = _tokens_table(arms)
     (out / "tokens.md").write_text(tokens_md)
     results["synthetic"] = synthetic.collect(plan, recipe)
@@ -316,12 +322,19 @@ def _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, n_
 
 
 def _tokens_table(arms: dict[str, ArmData]) -> str:
+    """Tokens seen per arm and source, and beside them the source's unique tokens and the epochs that implies (a
+    small synthetic set seen many times is not the same data as a large one seen once)."""
     sources = sorted({s for a in arms.values() for s in a.tokens_by_source})
-    lines = ["### tokens seen in training (mean over seeds)", "", "| arm | " + " | ".join(sources) + " | total |",
-             "|---|" + "---|" * (len(sources) + 1)]
+    lines = ["### tokens seen in training (mean over seeds), unique tokens and epochs per source", "",
+             "| arm | " + " | ".join(sources) + " | total |", "|---|" + "---|" * (len(sources) + 1)]
     for a in arms.values():
         total = sum(a.tokens_by_source.values()) or 1.0
-        cells = [f"{a.tokens_by_source.get(s, 0):,.0f} ({a.tokens_by_source.get(s, 0) / total:.1%})" for s in sources]
+        cells = []
+        for s in sources:
+            n = a.tokens_by_source.get(s, 0)
+            u = a.unique_by_source.get(s)
+            cells.append(f"{n:,.0f} ({n / total:.1%})" + (f"; {u['unique']:,} unique, {u['epochs']:.2f} epochs"
+                                                          if u and n else ""))
         lines.append(f"| {a.name} | " + " | ".join(cells) + f" | {total:,.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -40,6 +40,10 @@ def collect(plan: Plan, recipe: dict) -> dict:
                        deduplicated=sum(filt["deduplicated"].values()), decontaminated=filt["decontaminated"],
                        by_type=verification.summary(g.get("verification_by_type", {})),
                        protocol=verification.describe(verification.VerificationConfig(**syn.get("verification", {}))))
+        tok = _result(plan, f"tokenize/{name}")
+        if tok and row.get("generations"):  # what a pilot measures for synthetic.<set>.tokens_per_request
+            row["tokens"] = tok["tokens"]
+            row["tokens_per_request"] = round(tok["tokens"] / row["generations"], 1)
         out[name] = row
     return out
 
@@ -60,11 +64,12 @@ def _positions(p: dict | None) -> str:
 def table(sets: dict) -> str:
     lines = ["### synthetic sets: what each check kept", "",
              "| set | kind | generations | parsed | screened out (near-copies) | verified (of checked) | after "
-             "dedup and decontamination | rendered | answer positions |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "dedup and decontamination | rendered | answer positions | tokens per request |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for name, r in sets.items():
         if "generations" not in r:
             lines.append(f"| {name} | {r['kind']} | - | - | - | - | - | {r['rendered'] or 0:,} | "
-                         f"{_positions(r['answer_positions'])} |")
+                         f"{_positions(r['answer_positions'])} | - |")
             continue
         screened = sum(r["screened"].values())
         verified = (_rate(r["verified"], r["verification_checked"]) if r["verification_checked"]
@@ -75,9 +80,10 @@ def table(sets: dict) -> str:
         parsed = _rate(r["parsed"], r["generations"]) if r["kind"] != "unseeded_qa" else f"{r['parsed']:,} pairs"
         lines.append(f"| {name} | {r['kind']} | {r['generations']:,} | {parsed} | "
                      f"{screened:,} ({r['near_copies']:,}) | {verified} | {r['after_filter']:,} | "
-                     f"{r['rendered'] or 0:,} | {_positions(r['answer_positions'])} |")
+                     f"{r['rendered'] or 0:,} | {_positions(r['answer_positions'])} | "
+                     f"{r.get('tokens_per_request', '-')} |")
     if not sets:
-        lines.append("| (none) | | | | | | | | |")
+        lines.append("| (none) | | | | | | | | | |")
     checked = {n: r for n, r in sets.items() if r.get("by_type")}
     if checked:
         lines += ["", "### verification by item type", "",

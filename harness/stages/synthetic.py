@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from harness.data.blend import estimate_problem
 from harness.seeds import collect, render
 from harness.stages import Stage, StageContext, register, write_jsonl
 
@@ -21,6 +22,15 @@ class SeedsStage(Stage):
         records, counts = collect.collect(str(tasks_dir), cfg["tasks"], cfg["per_task_cap"], cfg["sample_seed"],
                                           cfg.get("per_group_cap"), cfg.get("stratify", "equal"),
                                           cfg.get("categories"))
+        est = ctx.spec.runtime.get("estimate")
+        if est:  # the set's size against the largest share it must fill, before any generation is spent
+            problem = estimate_problem(est["set"], len(records) * est["samples_per_seed"], est["tokens_per_request"],
+                                       est["shares"], est["tokens"], est["max_epochs"])
+            if problem:
+                raise ValueError(problem)
+            ctx.log.info("synthetic.%s: about %s tokens expected from %d requests", est["set"],
+                         f"{len(records) * est['samples_per_seed'] * est['tokens_per_request']:,.0f}",
+                         len(records) * est["samples_per_seed"])
         write_jsonl(ctx.workdir / "seeds.jsonl", records)
         for task, c in counts["per_task"].items():
             ctx.log.info("%s: %d seeds of %d train docs", task, c["seeds"], c["train_docs"])

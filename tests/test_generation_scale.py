@@ -387,4 +387,6 @@ def test_local_generation_memory_is_sized_to_its_batch():
     res = subprocess.run([sys.executable, "-c", _RSS_PROBE, MODEL], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     n, rss_mb = map(int, res.stdout.split()[-2:])
-    assert n == 8 and rss_mb < 3000, f"peak RSS {rss_mb} MB"
+    # sized: 1.4 GB alone; beside other jobs glibc's per-thread malloc arenas add up to ~3 GB (4.3 GB seen in the
+    # suite); unsized: 14 GB
+    assert n == 8 and rss_mb < 6000, f"peak RSS {rss_mb} MB"

@@ -267,3 +267,21 @@ def test_pairs_are_read_whatever_their_labels():
                                               "When was the treaty signed?", "Who opposed the tariff?"], (items, bad)
     assert [i["answer_text"] for i in items] == ["A new navy.", "In the spring of 1803.", "The southern states."]
     assert not bad
+
+
+def test_unseeded_prompt_asks_for_varied_forms_and_inline_options_parse():
+    """Nemotron-CC's diverse QA asks for a range of question forms, multiple choice with its options inline among
+    them; an inline-options pair parses whole (a preamble costs no pair), and its open-answer verification accepts
+    the option's letter or its text."""
+    from harness.generation import verification
+    from harness.generation.prompts import Templates
+
+    prompt = Templates().render("unseeded_qa", passage="The navy grew.", n_pairs=4)
+    assert all(w in prompt for w in ("yes/no", "multiple-choice", "(a) ... (b)", "compares", "reasoning"))
+    items, bad = fmt.parse_pairs("Here are the questions:\nQuestion: Which gas do plants absorb? (a) oxygen "
+                                 "(b) carbon dioxide (c) helium\nAnswer: (b) carbon dioxide\n"
+                                 "Question: Did the navy grow?\nAnswer: Yes.", 4)
+    assert not bad and items[0]["question"].endswith("(c) helium") and items[0]["answer_text"] == "(b) carbon dioxide"
+    assert verification.matches_key("b", items[0]["answer_text"])
+    assert verification.matches_key("carbon dioxide", items[0]["answer_text"])
+    assert not verification.matches_key("(a) oxygen", items[0]["answer_text"])

@@ -347,7 +347,10 @@ def show(experiment: str = typer.Argument(..., help="an experiment name in the s
         else:
             lines.append(f"answer: {it['answer_text']}")
         if it.get("votes") is not None:
-            lines.append(f"votes per option: {it['votes']}")
+            v = it.get("verification") or {}
+            need = f" ({v['needed']} of {v['votes']} needed; random answers pass {v['chance_pass']:.1%})" if v else ""
+            lines.append(("votes per option: " if it.get("choices") else "votes agreeing with the key: ")
+                         + f"{it['votes']}{need}")
         if it.get("filters"):
             lines.append("passed: " + ", ".join(it["filters"]))
     out.print("\n".join(lines), markup=False, highlight=False)

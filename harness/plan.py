@@ -259,10 +259,31 @@ def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:
     return f"{g.backend}/{served}/{ident}{batch}{gc}"
 
 
+def _generator_config(g: rcp.GeneratorConfig) -> dict:
+    """What of a generator (or verifier) decides its samples: hashed into the stage."""
+    from harness.generation.config import prefills, uses_vllm
+
+    gen = {"backend": g.backend, "model": g.model, "temperature": g.temperature, "top_p": g.top_p,
+           "max_tokens": g.max_tokens}
+    if uses_vllm(g):  # what decides the samples (the rest of the engine settings only decide the speed)
+        gen["vllm"] = {"generation_config": g.vllm.generation_config, "max_model_len": g.vllm.max_model_len}
+    if g.backend == "transformers":
+        gen["batch_size"] = g.batch_size  # batches share a sampling seed: the batch size changes the samples
+    if prefills(g):  # (absent otherwise: sets generated before the setting keep their hash)
+        gen["prefill"] = True
+    return gen
+
+
+def _generator_runtime(g: rcp.GeneratorConfig) -> dict:
+    """How to reach or start a generator (or verifier): not hashed."""
+    return {"server": g.server, "server_kind": g.server_kind, "concurrency": g.concurrency, "timeout": g.timeout,
+            "max_retries": g.max_retries, "startup_timeout": g.startup_timeout, "offline": g.offline,
+            "vllm": rcp.to_dict(g.vllm)}
+
+
 def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list[StageSpec]) -> list[StageSpec]:
     """passages/<name> (when grounded), generate/<name> (or its shards) and filter/<name>, plus the shared eval
     index."""
-    from harness.generation.config import prefills, uses_vllm
     from harness.generation.prompts import Templates
 
     syn, g = recipe.synthetic[name], recipe.generator
@@ -273,22 +294,17 @@ def _generation_stages(recipe: rcp.Recipe, store: Store, name: str, stages: list
     used += (["enrich"] if syn.enrich else []) + (["verify"] if v.enabled else []) + \
         (["verify_open"] if v.enabled and v.open_answers else [])
     templates = Templates(g.templates).hashes(used)
-    gen = {"backend": g.backend, "model": g.model, "temperature": g.temperature, "top_p": g.top_p,
-           "max_tokens": g.max_tokens}
-    if uses_vllm(g):  # what decides the samples (the rest of the engine settings only decide the speed)
-        gen["vllm"] = {"generation_config": g.vllm.generation_config, "max_model_len": g.vllm.max_model_len}
-    if g.backend == "transformers":
-        gen["batch_size"] = g.batch_size  # batches share a sampling seed: the batch size changes the samples
-    if prefills(g):  # (absent otherwise: sets generated before the setting keep their hash)
-        gen["prefill"] = True
+    gen = _generator_config(g)
     config = {"kind": syn.kind, "seed": syn.seed, "samples_per_seed": syn.samples_per_seed, "fewshot": syn.fewshot,
               "context_share": syn.context_share, "pairs_per_passage": syn.pairs_per_passage, "enrich": syn.enrich,
               "verification": rcp.to_dict(v), "generator": gen, "model_id": model_identity(g, store),
               "templates": templates}
-    runtime = {"server": g.server, "server_kind": g.server_kind, "concurrency": g.concurrency, "timeout": g.timeout,
-               "max_retries": g.max_retries, "startup_timeout": g.startup_timeout, "templates": g.templates,
-               "offline": g.offline, "vllm": rcp.to_dict(g.vllm), "cache_dir": str(store.root / "_cache" / "requests"),
+    runtime = {**_generator_runtime(g), "templates": g.templates,
+               "cache_dir": str(store.root / "_cache" / "requests"),
                "legacy_cache": str(store.root / "_cache" / "requests.sqlite")}
+    if recipe.verifier is not None and v.enabled:  # (absent otherwise: earlier sets keep their hash)
+        config["verifier"] = {**_generator_config(recipe.verifier), "model_id": model_identity(recipe.verifier, store)}
+        runtime["verifier"] = _generator_runtime(recipe.verifier)
     seeds = {"seeds": f"seeds/{name}"} if syn.kind == "task_seeded" else {}
     out: list[StageSpec] = []
     inputs = dict(seeds)

@@ -207,6 +207,8 @@ class Recipe:
     corpora: dict[str, CorpusConfig] = field(default_factory=dict)
     synthetic: dict[str, SyntheticConfig] = field(default_factory=dict)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # a model (or endpoint) of its own for the verification votes; null: the generator votes on its own items
+    verifier: Optional[GeneratorConfig] = None
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -474,6 +476,8 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                     "corpus passages" if s.kind == "unseeded_qa" else "context_share > 0 grounds requests in "
                     "corpus passages"))
     validate_generator(recipe.generator, bad)
+    if recipe.verifier is not None:  # the same checks, named by the verifier's keys
+        validate_generator(recipe.verifier, lambda key, msg: bad(key.replace("generator", "verifier", 1), msg))
     validate_decontamination(recipe.decontamination, bad)
 
     tok = recipe.tokenizer

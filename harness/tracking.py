@@ -65,6 +65,8 @@ def run_config(recipe, arm, seed: int) -> dict:
         synthetic[name] = {"kind": s.kind, "generator": recipe.generator.model if generated else "none",
                            "samples_per_seed": s.samples_per_seed if generated else 0,
                            "verification": verification.describe(s.verification) if generated else "off",
+                           "verifier": ("none" if not (generated and s.verification.enabled) else
+                                        recipe.verifier.model if recipe.verifier else "the generator"),
                            "enrich": bool(s.enrich and generated),
                            "tasks": ",".join(seed_tasks(s.tasks, s.categories)) if s.kind != "unseeded_qa" else ""}
     return {"experiment": recipe.experiment, "arm": arm.name, "seed": int(seed),

@@ -64,6 +64,7 @@ CASES = [
      ["synthetic.g.verification.votes", "must be 1..9", "enabled: false"]),
     ("old verify_votes key", "synthetic", {"g": {"kind": "task_seeded", "verify_votes": 3}},
      ["unknown key 'synthetic.g.verify_votes'"]),
+    ("unknown verifier backend", "verifier", {"backend": "magic"}, ["verifier.backend", "unknown backend 'magic'"]),
     ("fuzzy keys too long", "decontamination", {"fuzzy_ngram": 13}, ["decontamination.fuzzy_ngram", "must be 2..5"]),
     ("unseeded control without corpus", "synthetic", {"u": {"kind": "unseeded_qa"}},
      ["synthetic.u.context_corpus", "required", "corpus passages"]),

@@ -5,7 +5,10 @@ random answers pass a wrongly keyed item under the recipe's bound (a same-model 
 two-option ones)."""
 
 import collections
+import contextlib
+import hashlib
 import json
+import random
 import logging
 import re
 import threading
@@ -19,6 +22,9 @@ from harness.generation.cache import RequestCache
 from harness.generation.driver import Driver
 from harness.generation.pipeline import Sampling
 from harness.generation.prompts import Templates
+from harness.plan import Plan
+
+from conftest import base_recipe, write_recipe
 
 LETTER = re.compile(r"^([A-H])\. (.*)$", re.M)
 
@@ -53,14 +59,19 @@ class Script:
         raise AssertionError(question)
 
 
-@pytest.fixture
-def server():
-    script = Script()
+@contextlib.contextmanager
+def serving(reply):
+    """An OpenAI-compatible chat endpoint on a loopback port answering `reply(prompt, temperature)`; stopped (and
+    its thread joined) on exit."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            text = script.reply(body["messages"][-1]["content"], body["temperature"])
+            try:
+                text = reply(body["messages"][-1]["content"], body["temperature"])
+            except Exception as e:  # a broken script shows up in the test's failure, not as a dropped connection
+                self.send_error(400, f"scripted reply failed: {type(e).__name__}: {e}"[:200])
+                return
             out = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
                               "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
             self.send_response(200)
@@ -72,13 +83,25 @@ def server():
         def log_message(self, *args):
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the client opens many connections at once; the default backlog is 5
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield script, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server():
+    script = Script()
+    with serving(script.reply) as url:
+        yield script, url
 
 
 def _item(marker: str, options: int) -> dict:
@@ -156,3 +179,75 @@ def test_protocol_bounds_the_chance_that_random_answers_pass():
 ])
 def test_open_answers_match_by_normalised_words(reply, key, ok):
     assert verification.matches_key(reply, key) is ok
+
+
+class Counted:
+    """A scripted model that counts the requests it answers (from the server's threads)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def reply(self, prompt: str, temperature: float) -> str:
+        with self.lock:
+            self.calls += 1
+        return self.answer(prompt)
+
+
+class Writer(Counted):
+    """A scripted generator: a new multiple-choice item per request, its words drawn from the prompt's hash (so
+    near-duplicate filtering keeps them apart), the key's option marked for the scripted verifier."""
+
+    def answer(self, prompt: str) -> str:
+        n = int(re.search(r"the question, (\d+) different options", prompt).group(1))
+        rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+        vocab = ["river", "stone", "cloud", "metal", "forest", "engine", "planet", "seed", "magnet", "glacier",
+                 "valley", "copper", "battery", "insect", "harbour", "lantern", "orbit", "crystal", "meadow", "tide"]
+        topic = " ".join(rng.sample(vocab, 6))
+        tricky = rng.random() < 0.3  # the verifier will miss these
+        options = [f"{rng.choice(vocab)} {rng.choice(vocab)} {'correct' if i == 1 else 'wrong'}" for i in range(n)]
+        return (f"Question: Which {'tricky ' if tricky else ''}statement about {topic} holds?\n"
+                + "\n".join(f"{'ABCDEFGH'[i]}. {o}" for i, o in enumerate(options)) + "\nAnswer: B")
+
+
+class Judge(Counted):
+    """A scripted verifier: the option marked correct, wherever the shuffle put it - except on tricky items."""
+
+    def answer(self, prompt: str) -> str:
+        assert "Reply with the letter" in prompt and "Answer:" not in prompt, prompt  # no key shown
+        options = dict((text, letter) for letter, text in LETTER.findall(prompt))
+        pick = "correct" if "tricky" not in prompt else "wrong"
+        return next(letter for text, letter in options.items() if text.endswith(pick))
+
+
+def test_a_separate_verifier_votes_and_lineage_shows_its_votes(tmp_path, suite_store, cli):
+    """generator and verifier on two endpoints: the generator only writes, the verifier only votes (after the
+    generator's backend is closed), each item's votes and protocol are kept and `harness show` prints them."""
+    writer, judge = Writer(), Judge()
+    with serving(writer.reply) as w_url, serving(judge.reply) as j_url:
+        r = base_recipe(tmp_path, store=str(suite_store / "runs"), experiment="twomodels",
+                        synthetic={"tsqa": {"kind": "task_seeded", "tasks": ["offline_arc_easy"], "per_task_cap": 12,
+                                            "samples_per_seed": 1, "fewshot": 1}},
+                        generator={"backend": "openai", "server": w_url, "model": "scripted-writer",
+                                   "max_tokens": 64, "max_retries": 0, "concurrency": 8},
+                        verifier={"backend": "openai", "server": j_url, "model": "scripted-judge", "max_retries": 0,
+                                  "concurrency": 8})
+        r["arms"].append({"name": "tsqa", "mix": {"web": 0.9, "tsqa": 0.1}})
+        code, out = cli("run", write_recipe(tmp_path / "r.yaml", r), "--only", "filter/tsqa")
+        assert code == 0, out
+    plan = Plan.load(suite_store / "runs" / "twomodels" / "plan.json")
+    gen = plan.by_id("generate/tsqa")
+    m = plan.store.manifest("generate", gen.digest)["result"]
+    assert writer.calls == 12 and m["requests"]["generated"] == 12
+    assert m["verifier"]["model_id"] == "server:scripted-judge" or m["verifier"]["model_id"].endswith(
+        "server:scripted-judge")
+    items = [json.loads(line) for line in (plan.dir(gen) / "items.jsonl").read_text().splitlines()]
+    per = m["verification_by_type"]["mc"]
+    assert judge.calls == m["verifier"]["requests"]["generated"] == 3 * per["checked"] > 0
+    assert 0 < per["passed"] < per["checked"], "the tricky items fail"
+    assert len(items) == per["passed"] and all(it["verified"] and "tricky" not in it["question"] for it in items)
+    assert all(it["votes"][it["answer_index"]] == 3 and it["verification"]["needed"] == 3 for it in items)
+    code, out = cli("show", "twomodels", items[0]["item_id"], "--store", str(suite_store / "runs"))
+    assert code == 0, out
+    assert "kept" in out and "votes per option" in out and "(3 of 3 needed; random answers pass" in out
+    assert "passed: parsed, screened, verified, deduplicated, decontaminated" in out

@@ -30,10 +30,12 @@ class Driver:
                        "completion_tokens": 0, "seconds": 0.0}
 
     def close(self) -> None:
+        """Stops the backend (and its managed server); safe to call again."""
         try:
             if self.backend is not None:
                 self.backend.close()
         finally:
+            self.backend = None
             self.stack.close()
 
     def commit_chunks(self, todo: list[Request]) -> list[list[Request]]:

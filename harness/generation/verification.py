@@ -49,13 +49,14 @@ def validate(where: str, v: VerificationConfig, bad: Callable[[str, str], None])
         bad(f"{where}.temperature", f"must be >= 0, got {v.temperature}")
 
 
-def describe(v: VerificationConfig) -> str:
-    """The protocol in a few words (W&B's run config, the report)."""
+def describe(v: VerificationConfig, verifier: str | None = None) -> str:
+    """The protocol in a few words (W&B's run config, the report); `verifier`: its model, when not the generator."""
     if not v.enabled:
         return "off"
     votes = f"{v.votes} votes" if v.votes else "votes scaled to the options"
     opened = ", open answers too" if v.open_answers else ", options only"
-    return f"{votes}, chance pass <= {v.max_chance_pass:g}, temperature {v.temperature:g}{opened}"
+    by = f", by {verifier}" if verifier else ""
+    return f"{votes}, chance pass <= {v.max_chance_pass:g}, temperature {v.temperature:g}{opened}{by}"
 
 
 def chance_pass(n: int, need: int, options: int) -> float:

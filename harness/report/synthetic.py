@@ -39,7 +39,8 @@ def collect(plan: Plan, recipe: dict) -> dict:
                        unverified=verdicts.get("unverified", 0), after_filter=filt["kept"],
                        deduplicated=sum(filt["deduplicated"].values()), decontaminated=filt["decontaminated"],
                        by_type=verification.summary(g.get("verification_by_type", {})),
-                       protocol=verification.describe(verification.VerificationConfig(**syn.get("verification", {}))))
+                       protocol=verification.describe(verification.VerificationConfig(**syn.get("verification", {})),
+                                                      (recipe.get("verifier") or {}).get("model")))
         tok = _result(plan, f"tokenize/{name}")
         if tok and row.get("generations"):  # what a pilot measures for synthetic.<set>.tokens_per_request
             row["tokens"] = tok["tokens"]

@@ -6,7 +6,7 @@ for what is missing, and its output - assembled in key order at the end - has no
 from __future__ import annotations
 
 import collections
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 from harness.generation import models, pipeline, verification
@@ -20,7 +20,7 @@ from harness.generation.server import ManagedServer
 from harness.stages import Stage, StageContext, register, write_jsonl
 
 
-def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
+def _backend_factory(gen: dict, rt: dict, workdir, served: dict, log_name: str = "server.log"):
     """A function making the backend on first need (starting a managed server inside the driver's ExitStack)."""
 
     def make_backend(stack: ExitStack):
@@ -30,7 +30,7 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict):
         url, vllm = rt["server"], rt.get("vllm") or {}
         if gen["backend"] == "openai" and url == "managed":
             kind = rt["server_kind"]
-            server = ManagedServer(kind, model, workdir / "server.log", startup_timeout=rt["startup_timeout"],
+            server = ManagedServer(kind, model, workdir / log_name, startup_timeout=rt["startup_timeout"],
                                    extra_args=serve_args(vllm) if kind == "vllm" else None,
                                    offline=rt.get("offline"), env_dir=vllm.get("env") if kind == "vllm" else None)
             stack.enter_context(server)
@@ -69,6 +69,8 @@ class GenerateStage(Stage):
         cache = RequestCache.for_stage(Path(rt["cache_dir"]), rt["cache_name"], cfg["model_id"],
                                        legacy=Path(rt["legacy_cache"]))
         served: dict = {}
+        verifier_served: dict = {}
+        stack = ExitStack()  # the verifier's driver and cache, when it has its own
         driver = Driver(cache, _backend_factory(gen, rt, ctx.workdir, served), ctx.log)
         try:
             got = driver.run("generate", reqs)
@@ -84,11 +86,21 @@ class GenerateStage(Stage):
             items, screened = pipeline.screen(items, {s["seed_id"]: s for s in seeds})
             ctx.log.info("screened: %d kept; dropped %s", len(items), dict(screened))
             enriched = pipeline.enrich(items, driver, tpl, samp) if cfg["enrich"] else collections.Counter()
-            checked = verification.verify(items, verification.VerificationConfig(**cfg["verification"]), driver, tpl,
+            voter = driver
+            if "verifier" in cfg:  # a model of its own votes; the generator's server leaves the GPU first
+                driver.close()
+                vcache = stack.enter_context(closing(RequestCache.for_stage(
+                    Path(rt["cache_dir"]), rt["cache_name"], cfg["verifier"]["model_id"],
+                    legacy=Path(rt["legacy_cache"]))))
+                voter = Driver(vcache, _backend_factory(cfg["verifier"], rt["verifier"], ctx.workdir, verifier_served,
+                                                        "verifier_server.log"), ctx.log)
+                stack.callback(voter.close)
+            checked = verification.verify(items, verification.VerificationConfig(**cfg["verification"]), voter, tpl,
                                           samp)
         finally:
             driver.close()
             cache.close()
+            stack.close()
         # in item-id order: the filter merges the shards' files by item id without loading them
         kept = sorted((it for it in items if it.get("verified") is not False), key=lambda it: it["item_id"])
         by_key = {r.key: r for r in reqs}
@@ -120,4 +132,6 @@ class GenerateStage(Stage):
                 "requests": {**driver.counts, "cache_journal": cache.journal, "cache_file": cache.path.name,
                              "found_in_other_caches": cache.found_elsewhere},
                 "retries": getattr(driver.backend, "retries", 0), "templates": cfg["templates"],
-                "managed_server": served or None}
+                "managed_server": served or None,
+                **({"verifier": {"model_id": cfg["verifier"]["model_id"], "requests": voter.counts,
+                                 "managed_server": verifier_served or None}} if "verifier" in cfg else {})}

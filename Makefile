@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/decontam.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/generation_yield.py
+	$(BIN)/python bench/local_backends.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/local_executor.py
 	$(BIN)/python bench/submit.py

@@ -29,15 +29,20 @@ from harness.generation.prompts import Templates  # noqa: E402
 from harness.seeds.collect import collect  # noqa: E402
 
 
+def quickstart_seeds(per_task: int) -> list[dict]:
+    """The quickstart's task-seeded seeds at a smaller size: `per_task` train seeds of each seedable offline task."""
+    with tempfile.TemporaryDirectory() as tmp:
+        offline_suite.build(Path(tmp) / "suite", ROOT / ".cache" / "wheels")
+        return collect(str(Path(tmp) / "suite" / "tasks"), ["offline_seeded"], per_task, 0)[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-task", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--batch", type=int, default=32)
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        offline_suite.build(Path(tmp) / "suite", ROOT / ".cache" / "wheels")
-        seeds, _ = collect(str(Path(tmp) / "suite" / "tasks"), ["offline_seeded"], a.per_task, 0)
+    seeds = quickstart_seeds(a.per_task)
     cfg = {"samples_per_seed": 1, "fewshot": 1, "context_share": 0.0}
     model = str(models.prepare("smollm2-135m-instruct"))
     backend = make("transformers", BackendOptions(model=model, batch_size=a.batch, chunk_size=a.batch))

@@ -250,9 +250,10 @@ def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:
         ident = "folder:" + hashlib.sha256("".join(store.fingerprint(files)).encode()).hexdigest()[:16]
     else:
         ident = f"server:{g.model}"
+    from harness.generation.config import LOCAL_BATCHED, uses_vllm
+
     served = g.server_kind if g.backend == "openai" and g.server == "managed" else g.backend
-    batch = f"/batch{g.batch_size}" if g.backend == "transformers" else ""  # its samples depend on the batching
-    from harness.generation.config import uses_vllm
+    batch = f"/batch{g.batch_size}" if g.backend in LOCAL_BATCHED else ""  # its samples depend on the batching
 
     # vLLM's generation_config decides the sampling settings a request leaves unset (top_k, repetition_penalty)
     gc = f"/generation-config:{g.vllm.generation_config}" if uses_vllm(g) else ""
@@ -261,13 +262,13 @@ def model_identity(g: rcp.GeneratorConfig, store: Store) -> str:
 
 def _generator_config(g: rcp.GeneratorConfig) -> dict:
     """What of a generator (or verifier) decides its samples: hashed into the stage."""
-    from harness.generation.config import prefills, uses_vllm
+    from harness.generation.config import LOCAL_BATCHED, prefills, uses_vllm
 
     gen = {"backend": g.backend, "model": g.model, "temperature": g.temperature, "top_p": g.top_p,
            "max_tokens": g.max_tokens}
     if uses_vllm(g):  # what decides the samples (the rest of the engine settings only decide the speed)
         gen["vllm"] = {"generation_config": g.vllm.generation_config, "max_model_len": g.vllm.max_model_len}
-    if g.backend == "transformers":
+    if g.backend in LOCAL_BATCHED:
         gen["batch_size"] = g.batch_size  # batches share a sampling seed: the batch size changes the samples
     if prefills(g):  # (absent otherwise: sets generated before the setting keep their hash)
         gen["prefill"] = True

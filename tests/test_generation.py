@@ -75,7 +75,12 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     f = _result(plan, "filter/tsqa")
     assert f["input"] == g["kept"] and f["kept"] + sum(f["deduplicated"].values()) + f["decontaminated"] == f["input"]
     u = _result(plan, "generate/uqa")
-    assert u["passages"] == 4 and u["generations"] == 4 and u["verification"].get("unverified", 0) == u["after_screen"]
+    uv = u["verification"]  # the control's open answers are verified too (one vote each here)
+    assert u["passages"] == 4 and u["generations"] == 4
+    assert uv.get("verified", 0) + uv.get("failed_verification", 0) == u["after_screen"] and not uv.get("unverified")
+    assert u["kept"] == uv.get("verified", 0)
+    if u["after_screen"]:
+        assert u["verification_by_type"]["open"]["checked"] == u["after_screen"]
     uf = _result(plan, "filter/uqa")
     items = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")
     assert len(items) == uf["kept"] and all(it["task"] == "unseeded" and it["seed_id"] is None for it in items)
@@ -95,9 +100,10 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
         assert sets["tsqa"]["generations"] == 6 and sets["tsqa"]["parsed"] == g["parsed"]
         assert sets["tsqa"]["after_filter"] == f["kept"] and sets["tsqa"]["verified"] == g["verification"].get("verified", 0)
         assert sets["uqa"]["after_filter"] == uf["kept"] == rendered["items"] >= sets["uqa"]["rendered"] > 0
-        assert sets["uqa"]["unverified"] == u["after_screen"] and sets["uqa"]["verification_checked"] == 0
+        assert sets["uqa"]["unverified"] == 0 and sets["uqa"]["verification_checked"] == u["after_screen"]
         md = synthetic.table(sets)
-        assert "| tsqa | task_seeded | 6 |" in md and f"{u['after_screen']:,} not verified" in md
+        assert "| tsqa | task_seeded | 6 |" in md and "### verification by item type" in md
+        assert f"| uqa | 1 votes, chance pass <= 0.1, temperature 0.2, open answers too | open | {u['after_screen']:,} |" in md
         udocs = _lines(plan.dir(plan.by_id("render/uqa")) / "data.jsonl")
         passages = {p["text"] for p in _lines(plan.dir(plan.by_id("passages/uqa")) / "passages.jsonl")}
         assert all(any(d["text"].startswith(p) for p in passages) for d in udocs), "each pair after its document"
@@ -105,12 +111,12 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
         # lineage: a kept item names its passage (or seed), generator, template, prompt and the filters it passed;
         # `harness show` prints it, and names the check that dropped an item
         it = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")[0]
-        assert it["filters"] == ["parsed", "screened", "deduplicated", "decontaminated"]
+        assert it["filters"] == ["parsed", "screened", "verified", "deduplicated", "decontaminated"]
         assert it["provenance"]["template"] == "unseeded_qa" and it["provenance"]["sample"] == 0
         code, out = cli("show", "gen", it["item_id"], "--store", str(suite_store / "runs"))
         assert code == 0, out
         assert f"item {it['item_id']} of set uqa: kept" in out and f"passage: {it['passage_id']}" in out
-        assert it["provenance"]["prompt_sha"] in out and "passed: parsed, screened, deduplicated" in out
+        assert it["provenance"]["prompt_sha"] in out and "passed: parsed, screened, verified, deduplicated" in out
     kept_ids = {x["item_id"] for x in _lines(plan.dir(plan.by_id("filter/tsqa")) / "items.jsonl")}
     lost = [x for x in gens if x["item_id"] not in kept_ids]
     if lost:
@@ -215,16 +221,17 @@ def test_killed_stage_and_dead_server_then_resume(tmp_path, cli):
     assert len(keys) == len(set(keys)) == 12
 
 
-def test_transformers_backend_is_deterministic(tmp_path, suite_store, cli):
+@pytest.mark.parametrize("backend", ["transformers", "ctranslate2"])
+def test_local_backends_are_deterministic(tmp_path, suite_store, cli, backend):
     syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 2, "verification": {"votes": 1},
                     "enrich": False}}
     texts = []
-    for exp in ("hf1", "hf2"):
-        path = _recipe(tmp_path, suite_store, syn, {"backend": "transformers", "batch_size": 2}, experiment=exp)
-        if exp == "hf2":  # the same recipe must give the same outputs without the cache
+    for exp in (f"{backend}1", f"{backend}2"):
+        path = _recipe(tmp_path, suite_store, syn, {"backend": backend, "batch_size": 2}, experiment=exp)
+        if exp.endswith("2"):  # the same recipe must give the same outputs without the cache
             for f in (suite_store / "runs" / "_cache" / "requests").glob("tsqa.sqlite*"):
                 f.unlink()
-            plan = Plan.load(suite_store / "runs" / "hf1" / "plan.json")
+            plan = Plan.load(suite_store / "runs" / f"{backend}1" / "plan.json")
             os.rename(plan.dir(plan.by_id("generate/tsqa")), tmp_path / "first")
         code, out = cli("run", path, "--only", "generate")
         assert code == 0, out

@@ -34,7 +34,8 @@ class VLLMConfig:
 @dataclass
 class GeneratorConfig:
     """The LLM that writes synthetic Q&A. backend transformers: local generation with continuous batching (the CPU
-    default: no server, reproducible); openai: any OpenAI-compatible server - `server: managed` starts one
+    default: no server, reproducible); ctranslate2: local int8 generation with CTranslate2 (the same model
+    converted once; faster on a CPU); openai: any OpenAI-compatible server - `server: managed` starts one
     (`server_kind` vllm on a GPU node, transformers on a CPU) for the stage, or give its URL; vllm: the offline
     engine (GPU extra)."""
 
@@ -46,7 +47,7 @@ class GeneratorConfig:
     timeout: float = 300.0  # seconds per request
     max_retries: int = 5
     startup_timeout: float = 300.0
-    batch_size: int = 32  # transformers backend: requests per continuous-batching call (part of the sample)
+    batch_size: int = 32  # transformers, ctranslate2: requests per batch (part of the sample)
     shards: int = 1  # each generated set's requests split by seed into this many stages (a Slurm job array)
     temperature: float = 0.8
     top_p: float = 0.95
@@ -54,13 +55,15 @@ class GeneratorConfig:
     templates: Optional[str] = None  # a folder of prompt templates overriding the built-in ones (same names)
     offline: Optional[bool] = None  # HF_HUB_OFFLINE for a managed server: None keeps the environment's setting
     # the answer's first word ("Question:") written for the model, which continues it: a small model then keeps to
-    # the format. None: where the backend can (local transformers, vLLM offline or `vllm serve`; not `transformers
+    # the format. None: where the backend can (local transformers or ctranslate2, vLLM offline or `vllm serve`; not `transformers
     # serve`, which always opens a new turn); true for a URL server that honours continue_final_message (vLLM, SGLang)
     prefill: Optional[bool] = None
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 SERVER_KINDS = ("transformers", "vllm")
+# local backends that load the weights themselves and sample a batch at a time (the batch size is part of a sample)
+LOCAL_BATCHED = ("transformers", "ctranslate2")
 
 
 def _bad_number(x) -> bool:
@@ -80,7 +83,7 @@ def prefills(g: GeneratorConfig) -> bool:
     """Whether requests carry the start of their answer (see GeneratorConfig.prefill)."""
     if g.prefill is not None:
         return g.prefill
-    return g.backend in ("transformers", "vllm") or uses_vllm(g)
+    return g.backend in LOCAL_BATCHED + ("vllm",) or uses_vllm(g)
 
 
 def validate(g: GeneratorConfig, bad: Callable[[str, str], None]) -> None:
@@ -96,7 +99,7 @@ def validate(g: GeneratorConfig, bad: Callable[[str, str], None]) -> None:
         if g.server == "managed" and g.server_kind not in SERVER_KINDS:
             bad("generator.server_kind", f"unknown server kind '{g.server_kind}' ({', '.join(SERVER_KINDS)})")
     # transformers loads the weights itself: a folder or a catalogue entry; vllm may download a hub name
-    local_model = g.backend == "transformers" or (g.backend == "openai" and g.server == "managed"
+    local_model = g.backend in LOCAL_BATCHED or (g.backend == "openai" and g.server == "managed"
                                                    and g.server_kind == "transformers")
     if local_model and not is_local(g.model):
         bad("generator.model", f"'{g.model}' is neither a model folder nor a catalogue name "

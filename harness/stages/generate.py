@@ -36,7 +36,8 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict, log_name: str =
             stack.enter_context(server)
             url = server.base_url
             served.update(pid=server.proc.pid, url=url, log=str(server.log_path.name), cmd=server.cmd)
-        chunk = {"vllm": vllm.get("chunk_size"), "transformers": gen.get("batch_size")}.get(gen["backend"])
+        chunk = {"vllm": vllm.get("chunk_size"), "transformers": gen.get("batch_size"),
+                 "ctranslate2": gen.get("batch_size")}.get(gen["backend"])
         opts = BackendOptions(model=model, base_url=url, concurrency=rt["concurrency"], timeout=rt["timeout"],
                               max_retries=rt["max_retries"], batch_size=gen.get("batch_size") or 16,
                               chunk_size=chunk, engine=engine_kwargs(vllm) if vllm else {})

@@ -72,6 +72,29 @@ class Backend:
         pass
 
 
+class LocalBatched(Backend):
+    """A backend holding the model itself and sampling a batch at a time: requests in key order, one sampling
+    setting per chunk of `batch_size`, prompts built by the model's chat template (a prefilled answer continued)."""
+
+    tok = None  # the model's tokenizer (set by the subclass)
+
+    def chunks(self, requests) -> list[list]:
+        """The batches `requests` are generated in: key order, one sampling setting per chunk, batch_size each."""
+        groups: dict[tuple, list] = {}
+        for r in sorted(requests, key=lambda r: r.key):
+            groups.setdefault((r.max_tokens, r.temperature, r.top_p), []).append(r)
+        bs = max(1, self.opts.batch_size)
+        return [reqs[i:i + bs] for reqs in groups.values() for i in range(0, len(reqs), bs)]
+
+    def prompt_ids(self, chunk) -> list[list[int]]:
+        out = []
+        for r in chunk:
+            enc = self.tok.apply_chat_template(r.as_chat(), add_generation_prompt=not r.prefill,
+                                               continue_final_message=bool(r.prefill), tokenize=True)
+            out.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
+        return out
+
+
 REGISTRY: dict[str, type[Backend]] = {}
 
 
@@ -81,7 +104,7 @@ def register(cls: type[Backend]) -> type[Backend]:
 
 
 def make(name: str, opts: BackendOptions) -> Backend:
-    from harness.generation.backends import hf_local, openai, vllm_offline  # noqa: F401  (registration)
+    from harness.generation.backends import ct2_local, hf_local, openai, vllm_offline  # noqa: F401  (registration)
 
     if name not in REGISTRY:
         near = difflib.get_close_matches(name, REGISTRY, n=1)
@@ -90,4 +113,4 @@ def make(name: str, opts: BackendOptions) -> Backend:
     return REGISTRY[name](opts)
 
 
-BACKENDS = ("openai", "transformers", "vllm")  # for recipe validation without importing the backends
+BACKENDS = ("ctranslate2", "openai", "transformers", "vllm")  # for recipe validation without importing the backends

@@ -9,11 +9,11 @@ import math
 
 import torch
 
-from harness.generation.backends import Backend, Completion, GenerationError, register
+from harness.generation.backends import Completion, GenerationError, LocalBatched, register
 
 
 @register
-class TransformersBackend(Backend):
+class TransformersBackend(LocalBatched):
     name = "transformers"
 
     def __init__(self, opts):
@@ -45,21 +45,9 @@ class TransformersBackend(Backend):
         tokens = sum(len(x) for x in ids) + len(ids) * max_tokens
         return ContinuousBatchingConfig(page_size=page, num_blocks=math.ceil(1.25 * tokens / page) + len(ids))
 
-    def chunks(self, requests) -> list[list]:
-        """The batches `requests` are generated in: key order, one sampling setting per chunk, batch_size each."""
-        groups: dict[tuple, list] = {}
-        for r in sorted(requests, key=lambda r: r.key):
-            groups.setdefault((r.max_tokens, r.temperature, r.top_p), []).append(r)
-        bs = max(1, self.opts.batch_size)
-        return [reqs[i:i + bs] for reqs in groups.values() for i in range(0, len(reqs), bs)]
-
     def generate(self, requests, on_done) -> None:
         for chunk in self.chunks(requests):
-            ids = []
-            for r in chunk:
-                enc = self.tok.apply_chat_template(r.as_chat(), add_generation_prompt=not r.prefill,
-                                                   continue_final_message=bool(r.prefill), tokenize=True)
-                ids.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
+            ids = self.prompt_ids(chunk)
             torch.manual_seed(chunk[0].seed)
             # generate_batch runs its own no-grad generation loop on a thread: no inference_mode here (its
             # tensors could not be updated in place by that thread)

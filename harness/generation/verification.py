@@ -7,8 +7,8 @@ the fewest more than half that an answerer guessing at random would reach with p
 two-option item needs four of four. With `votes: null` the number of votes is scaled to the options: the fewest
 (3 to 9) for which such a requirement exists. Open-answer items (and the unseeded control's pairs): the model
 answers in a few words and a vote agrees when its normalised answer matches the key (SQuAD's token F1 >= 0.5, or
-the key contained in it); a majority of the votes must agree. Votes are sampled by the generator at the
-verification's own (low) temperature."""
+the key contained in it); a majority of the votes must agree. Votes are sampled at the verification's own (low)
+temperature, by the generator or by the recipe's `verifier:` model."""
 
 from __future__ import annotations
 

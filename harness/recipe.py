@@ -21,11 +21,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from harness.data.blend import estimate_problem
-from harness.generation.passages import needed as passages_needed
 from harness.filters.config import DecontaminationConfig  # noqa: F401  (the recipe's decontamination section)
 from harness.filters.config import validate as validate_decontamination
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
+from harness.generation.passages import needed as passages_needed
 from harness.generation.verification import VerificationConfig
 from harness.generation.verification import validate as validate_verification
 from harness.seeds.config import STRATIFY, CategoryConfig

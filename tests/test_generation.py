@@ -103,7 +103,8 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
         assert sets["uqa"]["unverified"] == 0 and sets["uqa"]["verification_checked"] == u["after_screen"]
         md = synthetic.table(sets)
         assert "| tsqa | task_seeded | 6 |" in md and "### verification by item type" in md
-        assert f"| uqa | 1 votes, chance pass <= 0.1, temperature 0.2, open answers too | open | {u['after_screen']:,} |" in md
+        protocol = "1 votes, chance pass <= 0.1, temperature 0.2, open answers too"
+        assert f"| uqa | {protocol} | open | {u['after_screen']:,} |" in md
         udocs = _lines(plan.dir(plan.by_id("render/uqa")) / "data.jsonl")
         passages = {p["text"] for p in _lines(plan.dir(plan.by_id("passages/uqa")) / "passages.jsonl")}
         assert all(any(d["text"].startswith(p) for p in passages) for d in udocs), "each pair after its document"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.filters.text import WordHasher, ngram_hashes, words
+from harness.filters.text import WordHasher, contains, ngram_hashes, words
 
 MIN_QUESTION = 3  # shorter questions are left to the exact stage (too little text to tell an edit from a new item)
 WINDOW = 256  # texts are checked in windows of this many words, half overlapping: a long document's scattered
@@ -68,14 +68,6 @@ def align(pattern: list[str], text: list[str]) -> tuple[int, int]:
         if score < best:
             best, end = score, j + 1
     return best, end
-
-
-def _contains(seq: list[str], part: list[str]) -> bool:
-    n = len(part)
-    if not n:
-        return True
-    first = part[0]
-    return any(seq[i] == first and seq[i:i + n] == part for i in range(len(seq) - n + 1))
 
 
 @dataclass
@@ -177,7 +169,6 @@ class FuzzyChecker:
         self.wh = WordHasher()
         self.k = index.params["ngram"]
         self.threshold = index.params["threshold"]
-        self.candidates = self.confirmed = self.explained_by_train = 0
 
     def matches_each(self, texts: list[str]) -> list[dict[int, tuple[float, str]]]:
         """Per text: eval item number -> (similarity, the matched stretch of the text), for the eval items it is
@@ -192,9 +183,7 @@ class FuzzyChecker:
         matched = [i for i, h in enumerate(hits) if h]
         for i, th in zip(matched, self._match(self.index.train, [ws[i] for i in matched])):
             nearest_train = max((s for s, _ in th.values()), default=0.0)
-            kept = {e: h for e, h in hits[i].items() if h[0] > nearest_train}
-            self.explained_by_train += len(hits[i]) - len(kept)
-            hits[i] = kept
+            hits[i] = {e: h for e, h in hits[i].items() if h[0] > nearest_train}
         out: list[dict[int, tuple[float, str]]] = [{} for _ in texts]
         for n, h in zip(owner, hits):
             for e, hit in h.items():
@@ -239,11 +228,9 @@ class FuzzyChecker:
         cand = shared >= bank.need[uniq % n_items]
         for pr, a, b in zip(uniq[cand], p_min[cand], p_max[cand]):
             d, e = divmod(int(pr), n_items)
-            self.candidates += 1
             text, at = ws[d]
             hit = self._confirm(bank, text, e, int(a - starts[d]) + at, int(b - starts[d]) + k + at)
             if hit is not None:
-                self.confirmed += 1
                 out[d][e] = hit
         return out
 
@@ -260,6 +247,6 @@ class FuzzyChecker:
         if sim < self.threshold:
             return None
         s, t = lo + max(0, end - m - dist), lo + end
-        if not _contains(text[max(0, s - m):t + ANSWER_AFTER + len(bank.answers[e])], bank.answers[e]):
+        if not contains(text[max(0, s - m):t + ANSWER_AFTER + len(bank.answers[e])], bank.answers[e]):
             return None
         return round(sim, 3), " ".join(text[s:t])

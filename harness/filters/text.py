@@ -29,6 +29,12 @@ class WordHasher:
         return np.fromiter((memo[w] for w in ws), dtype=np.uint64, count=len(ws))
 
 
+def contains(seq: list[str], part: list[str]) -> bool:
+    """`part` appears in `seq` as a contiguous run (an empty part always does)."""
+    n = len(part)
+    return not n or any(seq[i] == part[0] and seq[i:i + n] == part for i in range(len(seq) - n + 1))
+
+
 _P = np.uint64(0x9E3779B97F4A7C15)
 _N_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
 

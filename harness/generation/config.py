@@ -55,8 +55,9 @@ class GeneratorConfig:
     templates: Optional[str] = None  # a folder of prompt templates overriding the built-in ones (same names)
     offline: Optional[bool] = None  # HF_HUB_OFFLINE for a managed server: None keeps the environment's setting
     # the answer's first word ("Question:") written for the model, which continues it: a small model then keeps to
-    # the format. None: where the backend can (local transformers or ctranslate2, vLLM offline or `vllm serve`; not `transformers
-    # serve`, which always opens a new turn); true for a URL server that honours continue_final_message (vLLM, SGLang)
+    # the format. None: where the backend can (local transformers or ctranslate2, vLLM offline or `vllm serve`; not
+    # `transformers serve`, which always opens a new turn); true for a URL server that honours
+    # continue_final_message (vLLM, SGLang)
     prefill: Optional[bool] = None
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 

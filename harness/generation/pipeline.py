@@ -5,7 +5,8 @@ first) and writes one new item of the seed's type; with probability `context_sha
 passage. Unseeded control: diverse Q&A pairs written from a corpus passage alone. With prefill, each request
 carries the answer's first label for the model to continue. Parsed items are screened (a grounded item gets its
 passage back; items pointing at a passage they lack and near-copies of their seed go); then, optionally, an
-explanation per item (enrichment) and verification (harness/generation/verification.py). Every item is keyed by (seed or passage id, sample index), so reruns neither duplicate nor skip."""
+explanation per item (enrichment) and verification (harness/generation/verification.py). Every item is keyed by
+(seed or passage id, sample index), so reruns neither duplicate nor skip."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from harness.filters.text import words
+from harness.filters.text import contains, words
 from harness.generation import parse as fmt
 from harness.generation.backends import Request
 from harness.generation.driver import Driver, request_seed
@@ -84,7 +84,7 @@ def matches_key(reply: str, key: str) -> bool:
     r, k = words(reply.strip().splitlines()[0] if reply.strip() else ""), words(key)
     if not r or not k:
         return False
-    if any(r[i:i + len(k)] == k for i in range(len(r) - len(k) + 1)):
+    if contains(r, k):
         return True
     common = sum((collections.Counter(r) & collections.Counter(k)).values())
     return common > 0 and 2 * common / (len(r) + len(k)) >= 0.5
@@ -94,16 +94,24 @@ def _options(it: dict) -> int:
     return len(it["choices"]) if it.get("choices") else 0
 
 
+def _requirement(it: dict, cfg: VerificationConfig) -> tuple[int, int, float] | None:
+    """The item's (votes, needed, chance pass), or None when this protocol does not check it."""
+    k = _options(it)
+    if not cfg.enabled or (not k and not cfg.open_answers):
+        return None
+    return requirement(k, cfg.votes, cfg.max_chance_pass)
+
+
 def requests(items: list[dict], cfg: VerificationConfig, tpl: Templates, s) -> tuple[list[Request], dict]:
     """The votes' requests and, per request, the permutation of the options it shows (None for open answers);
     `s`: the stage's Sampling (its seed)."""
     reqs, perms = [], {}
     for it in items:
-        k = _options(it)
-        if not cfg.enabled or (not k and not cfg.open_answers):
+        req = _requirement(it, cfg)
+        if req is None:
             continue
-        n, _, _ = requirement(k, cfg.votes, cfg.max_chance_pass)
-        for v in range(n):
+        k = _options(it)
+        for v in range(req[0]):
             key = f"verify:{it['item_id']}#{v}"
             if k:
                 perm = list(range(k))
@@ -131,12 +139,13 @@ def verify(items: list[dict], cfg: VerificationConfig, driver: Driver, tpl: Temp
     counts = collections.Counter()
     per_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for it in items:
-        k = _options(it)
-        if not cfg.enabled or (not k and not cfg.open_answers):
+        req = _requirement(it, cfg)
+        if req is None:
             it["verified"], it["votes"] = None, None
             counts["unverified"] += 1
             continue
-        n, need, chance = requirement(k, cfg.votes, cfg.max_chance_pass)
+        n, need, chance = req
+        k = _options(it)
         picks = []
         for v in range(n):
             key = f"verify:{it['item_id']}#{v}"
@@ -150,7 +159,7 @@ def verify(items: list[dict], cfg: VerificationConfig, driver: Driver, tpl: Temp
                 picks.append(matches_key(r.text, it["answer_text"]))
         parsed = [p for p in picks if p is not None]
         agree = sum(p == (it["answer_index"] if k else True) for p in parsed)
-        it["votes"] = [picks.count(i) for i in range(k)] if k else [bool(p) for p in picks if p is not None]
+        it["votes"] = [picks.count(i) for i in range(k)] if k else parsed
         it["verification"] = {"votes": n, "needed": need, "chance_pass": round(chance, 4)}
         it["verified"] = agree >= need
         counts["verified" if it["verified"] else "failed_verification"] += 1

@@ -1,7 +1,11 @@
 """Evaluation benchmark: items/s of our lm-eval model on the megatron checkpoint (`megatron_harness`) against
-lm-eval's `hf` backend on the export of the same checkpoint, same tasks, same items, same batch size, in one run.
+lm-eval's `hf` backend on the export of the same checkpoint, same tasks, same items, same batch size, in one run:
+multiple-choice tasks (log-likelihoods) and generative tasks (greedy generation up to the task's stop strings,
+megatron_harness with its KV cache), each with its own ratio.
 
-    python bench/eval.py [--limit 200] [--store runs]      (after `make quickstart`, whose checkpoints it uses)
+    python bench/eval.py [--limit 200] [--store runs] [--experiment quickstart] [--kinds mc,generative]
+    (after `make quickstart`, whose baseline checkpoint it uses; `--experiment generative_cpu`: the SmolLM2-135M
+    continuation's, a model whose generations are not degenerate)
 
 Items/s are timed from a loaded model (loading is printed apart: a megatron checkpoint takes longer to load than
 a transformers folder, once per evaluation). Target: ratio >= 1.0.
@@ -42,34 +46,43 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--store", default=str(ROOT / "runs"))
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--experiment", default="quickstart")
+    ap.add_argument("--kinds", default="mc,generative")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from harness.plan import Plan
 
-    plan_path = Path(args.store) / "quickstart" / "plan.json"
+    plan_path = Path(args.store) / args.experiment / "plan.json"
     if not plan_path.is_file():
-        sys.exit(f"{plan_path} is missing: run `make quickstart` first")
+        sys.exit(f"{plan_path} is missing: run `harness run recipes/{args.experiment}.yaml` first")
     plan = Plan.load(plan_path)
     train = plan.dir(plan.by_id("train/baseline/seed1"))
     hf = plan.dir(plan.by_id("export/baseline/seed1")) / "hf"
     suite = plan.dir(plan.by_id("suite")) / "suite" / "tasks"
-    tasks = "offline_arc_easy,offline_hellaswag,offline_piqa,offline_sciq"
+    if not (suite / "arithmetic.yaml").is_file():
+        sys.exit(f"{suite} predates the generative tasks: run the experiment again")
+    kinds = {"mc": ("multiple choice", "offline_arc_easy,offline_hellaswag,offline_piqa,offline_sciq"),
+             "generative": ("generative", "offline_arithmetic,offline_triviaqa")}
+    kinds = dict(kinds[k] for k in args.kinds.split(","))
     env = {**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    best, load = {}, {}
-    for _ in range(args.repeat):
-        for name, model, margs in (("hf backend on the export", "hf", f"pretrained={hf},dtype=float32"),
-                                   ("megatron_harness on the checkpoint", "megatron_harness", f"train_dir={train}")):
-            res = subprocess.run([sys.executable, "-c", RUN, str(suite), model, margs, tasks, str(args.limit)],
-                                 capture_output=True, text=True, env=env, cwd=ROOT)
-            if res.returncode != 0:
-                sys.exit(res.stderr[-3000:])
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            best[name] = max(best.get(name, 0.0), r["items"] / r["seconds"])
-            load[name] = min(load.get(name, 1e9), r["load_seconds"])
-    for k, v in best.items():
-        print(f"  {k:<36} {v:8.1f} items/s  (model loaded in {load[k]:.1f} s, not counted)")
-    ratio = best["megatron_harness on the checkpoint"] / best["hf backend on the export"]
-    print(f"ratio megatron_harness / hf                  {ratio:.2f}  (target >= 1.0)")
+    for kind, tasks in kinds.items():
+        best, load = {}, {}
+        for _ in range(args.repeat):
+            for name, model, margs in (("hf backend on the export", "hf", f"pretrained={hf},dtype=float32"),
+                                       ("megatron_harness on the checkpoint", "megatron_harness",
+                                        f"train_dir={train}")):
+                res = subprocess.run([sys.executable, "-c", RUN, str(suite), model, margs, tasks, str(args.limit)],
+                                     capture_output=True, text=True, env=env, cwd=ROOT)
+                if res.returncode != 0:
+                    sys.exit(res.stderr[-3000:])
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                best[name] = max(best.get(name, 0.0), r["items"] / r["seconds"])
+                load[name] = min(load.get(name, 1e9), r["load_seconds"])
+        print(f"{kind} ({tasks}, {args.limit} items each)")
+        for k, v in best.items():
+            print(f"  {k:<36} {v:8.1f} items/s  (model loaded in {load[k]:.1f} s, not counted)")
+        ratio = best["megatron_harness on the checkpoint"] / best["hf backend on the export"]
+        print(f"  ratio megatron_harness / hf                {ratio:.2f}  (target >= 1.0)")
 
 
 if __name__ == "__main__":

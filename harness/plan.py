@@ -189,8 +189,7 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
                                     {"train": tid, "tokenizer": "tokenizer"}))
             e = recipe.eval
             stages.append(StageSpec(f"eval/{arm.name}/seed{seed}", "eval",
-                                    {"tasks": list(e.tasks), "limit": e.limit, "num_fewshot": e.num_fewshot,
-                                     "backend": e.backend},
+                                    eval_config(e),
                                     {"batch_size": e.batch_size, "experiment": recipe.experiment, "arm": arm.name,
                                      "seed": int(seed), "run_name": f"{arm.name}-seed{seed}",
                                      "wandb": rcp.to_dict(recipe.wandb),
@@ -199,8 +198,7 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
 
     if continuation:  # the base itself, evaluated once: what every arm's continuation starts from
         e = recipe.eval
-        stages.append(StageSpec("eval/base", "eval", {"tasks": list(e.tasks), "limit": e.limit,
-                                                      "num_fewshot": e.num_fewshot, "backend": e.backend},
+        stages.append(StageSpec("eval/base", "eval", eval_config(e),
                                 {"batch_size": e.batch_size, "experiment": recipe.experiment, "arm": "base",
                                  "seed": 0, "run_name": "base", "wandb": rcp.to_dict(recipe.wandb)},
                                 {"export": "base", "train": "base", "suite": "suite"}))
@@ -210,6 +208,17 @@ def build(recipe: rcp.Recipe, store: Store) -> Plan:
         spec.digest = digest(spec, {name: digests[dep] for name, dep in sorted(spec.deps.items())})
         digests[spec.id] = spec.digest
     return Plan(recipe.experiment, store, stages)
+
+
+def eval_config(e) -> dict:
+    """An eval stage's hashed configuration: the same for every arm, seed and the base (the switches that change
+    requests only when set, so that earlier evaluations keep their hash)."""
+    cfg = {"tasks": list(e.tasks), "limit": e.limit, "num_fewshot": e.num_fewshot, "backend": e.backend}
+    if e.apply_chat_template:
+        cfg["apply_chat_template"] = True
+    if e.allow_code_execution:
+        cfg["allow_code_execution"] = True
+    return cfg
 
 
 def _base_stage(recipe: rcp.Recipe, store: Store) -> StageSpec:

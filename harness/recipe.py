@@ -21,6 +21,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from harness.data.blend import estimate_problem
+from harness.evaluation.config import EvalConfig  # noqa: F401  (the recipe's eval section)
+from harness.evaluation.config import validate as validate_eval
+from harness.evaluation.suites import check as check_suite_tasks
 from harness.filters.config import DecontaminationConfig  # noqa: F401  (the recipe's decontamination section)
 from harness.filters.config import validate as validate_decontamination
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
@@ -28,7 +31,7 @@ from harness.generation.config import validate as validate_generator
 from harness.generation.passages import needed as passages_needed
 from harness.generation.verification import VerificationConfig
 from harness.generation.verification import validate as validate_verification
-from harness.seeds.config import STRATIFY, CategoryConfig
+from harness.seeds.config import STRATIFY, CategoryConfig, seed_tasks
 from harness.seeds.config import validate as validate_seed_selection
 from harness.training.base import BaseConfig, validate_base
 from harness.training.config import (TrainConfig, WandbConfig, validate_parallel, validate_train,
@@ -186,17 +189,6 @@ class ProfileConfig:
     nproc_per_node: int = 1  # training processes per node (torchrun on one node, srun on a cluster)
     peak_tflops: float = 989.0  # per accelerator, for model FLOPs utilisation (H100 bf16 dense)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-
-
-@dataclass
-class EvalConfig:
-    suite: str = "offline"  # evals/<suite>.yaml
-    tasks: list[str] = field(default_factory=lambda: ["offline_seeded", "offline_held_out"])  # lm-eval tasks/groups
-    limit: Optional[int] = None  # items per task (None: all)
-    num_fewshot: int = 0
-    batch_size: int = 32
-    backend: str = "hf"  # hf: lm-eval's transformers backend on the export | megatron: ours, on the checkpoint
-    #                      | vllm: lm-eval's vLLM backend on the export (GPU nodes)
 
 
 @dataclass
@@ -456,6 +448,9 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         if s.stratify not in STRATIFY:
             bad(f"synthetic.{name}.stratify", f"unknown stratification '{s.stratify}' ({', '.join(STRATIFY)})")
         validate_seed_selection(f"synthetic.{name}", s.tasks, s.categories, bad)
+        if s.kind != "unseeded_qa":  # seeds come from the evaluation suite's train splits
+            key = f"synthetic.{name}.categories" if s.categories else f"synthetic.{name}.tasks"
+            check_suite_tasks(recipe.eval.suite, seed_tasks(s.tasks, s.categories), key, bad, seeding=True)
         if s.kind in GENERATED_KINDS:
             for key in ("samples_per_seed", "passages", "pairs_per_passage"):
                 if getattr(s, key) is not None and getattr(s, key) < 1:
@@ -572,16 +567,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                                  f"{m.num_attention_heads}")
     if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
         bad("model.num_query_groups", f"{m.num_query_groups} does not divide {m.num_attention_heads} heads")
-    e = recipe.eval
-    if not (REPO_RECIPES.parent / "evals" / f"{e.suite}.yaml").is_file():
-        bad("eval.suite", f"no suite '{e.suite}' (evals/{e.suite}.yaml)")
-    if not e.tasks:
-        bad("eval.tasks", "at least one task or group is required")
-    if e.backend not in ("hf", "megatron", "vllm"):
-        bad("eval.backend", f"unknown backend '{e.backend}'{_did_you_mean(e.backend, ['hf', 'megatron', 'vllm'])} "
-                            f"(hf, megatron, vllm)")
-    if e.limit is not None and e.limit < 1:
-        bad("eval.limit", "must be at least 1 (or null for every item)")
+    validate_eval(recipe.eval, bad)
     arm_names = [a.name for a in recipe.arms]
     for key, who in [("report.baseline", recipe.report.baseline)] + [("report.controls", c)
                                                                     for c in recipe.report.controls]:

@@ -68,12 +68,20 @@ def standin(tmp_path_factory):
             data = out / f"{name}.jsonl"
             data.write_text("".join(json.dumps(r) + "\n" for r in rows))
             spec = {"include": str(lm_tasks / lm_yaml), "task": f"standin_{name}", "dataset_path": "json",
-                    "dataset_name": None, "dataset_kwargs": {"data_files": {"train": str(data)}},
-                    "training_split": "train", "validation_split": "train", "test_split": None,
+                    "dataset_name": None, "dataset_kwargs": {"data_files": {"train": str(data),
+                                                                           "validation": str(data)}},
+                    "training_split": "train", "validation_split": "validation", "test_split": None,
                     "fewshot_split": None}
             (out / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     (out / "_standin_mc.yaml").write_text(yaml.safe_dump(
         {"group": "standin_mc", "task": ["standin_commonsense_qa", "standin_mmlu_anatomy"]}))
+    (out / "_standin_gen.yaml").write_text(yaml.safe_dump(
+        {"group": "standin_gen", "task": ["standin_gsm8k", "standin_triviaqa"]}))
+    # GPQA's shape: one split on the hub, lm-eval's training and evaluation split alike
+    (out / "evalonly.yaml").write_text(yaml.safe_dump(
+        {"include": str(lm_tasks / "arc/arc_easy.yaml"), "task": "standin_evalonly", "dataset_path": "json",
+         "dataset_name": None, "dataset_kwargs": {"data_files": {"train": str(out / "arc_easy.jsonl")}},
+         "training_split": "train", "validation_split": "train", "test_split": None, "fewshot_split": None}))
     return raw, out
 
 
@@ -200,3 +208,56 @@ def test_paper_suite_snapshot_seeds_answers_not_letters(standin, tmp_path):
     assert {r["subtask"] for r in group} == {"standin_commonsense_qa", "standin_mmlu_anatomy"}
     assert {r["description"] for r in group if r["subtask"] == "standin_mmlu_anatomy"} == {"anatomy"}
     assert all(r["answer_text"] in r["choices"] and len(r["answer_text"]) > 1 for r in group)
+
+
+def test_paper_suite_snapshots_generative_tasks_with_lm_evals_own_definition(standin, tmp_path):
+    """A generative lm-eval task in the snapshot keeps lm-eval's YAML (included: prompt, filters, metrics,
+    `!function`s) over raw documents read offline, the suite's settings over it; a generative group's leaves are
+    scored as one task under the filter the suite names; a split that is both training and evaluation data is
+    snapshotted as evaluation only and seeds nothing."""
+    import lm_eval.api.registry
+    import lm_eval.models  # noqa: F401
+    from lm_eval.tasks import TaskManager
+
+    from harness.evaluation import lm_eval_suite
+    from harness.generation import models
+    from harness.stages.evaluate import run_lm_eval, task_records
+
+    _, folder = standin
+    short = {"until": ["Question:", "\n\n"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 24}
+    definition = {"source": "lm_eval", "groups": {"seeded": ["csqa"], "held_out": ["gsm8k", "gen", "evalonly"]},
+                  "tasks": {"csqa": "standin_commonsense_qa", "evalonly": "standin_evalonly",
+                            "gsm8k": {"lm_eval": "standin_gsm8k", "output_type": "generate_until", "num_fewshot": 2,
+                                      "generation_kwargs": short, "filter": "flexible-extract"},
+                            "gen": {"lm_eval": "standin_gen", "output_type": "generate_until",
+                                    "generation_kwargs": short}}}
+    counts = lm_eval_suite.build("snap", definition, tmp_path / "suite", tmp_path / "suite", include_path=str(folder))
+    suite = tmp_path / "suite"
+    assert counts["evalonly"] == {"validation": DOCS} and not (suite / "data" / "evalonly" / "train.jsonl").exists()
+    assert yaml.safe_load((suite / "tasks" / "evalonly.yaml").read_text())["doc_to_choice"]  # MC: the schema's
+    spec = yaml.safe_load((suite / "tasks" / "snap_gsm8k.yaml").read_text())
+    assert spec["include"] == str((folder / "gsm8k.yaml").resolve()) and spec["num_fewshot"] == 2  # (it includes lm-eval's)
+    assert "training_split" not in spec and counts["gsm8k"] == {"train": DOCS, "validation": DOCS}  # it may seed
+    [raw] = Path(spec["dataset_kwargs"]["data_files"]["train"]).parent.glob("train.jsonl")
+    assert [json.loads(x) for x in raw.read_text().splitlines()] == WRITTEN["gsm8k"]  # the raw documents
+    rows = [json.loads(x) for x in (suite / "data" / "gsm8k" / "validation.jsonl").read_text().splitlines()]
+    assert rows[0]["answer"].endswith("#### 8") and rows[0]["query"].startswith("Question: Ann has 3 apples")
+    built = json.loads((suite / "built.json").read_text())
+    assert built["leaves"] == {"snap_gen": ["snap_gen__standin_gsm8k", "snap_gen__standin_triviaqa"]}
+    assert built["filters"] == {"snap_gsm8k": "flexible-extract"}
+
+    tm = TaskManager(include_path=str(suite / "tasks"), include_defaults=False)
+    lm = lm_eval.api.registry.get_model("hf").create_from_arg_string(
+        f"pretrained={models.MODELS / 'smollm2-135m-instruct'},dtype=float32", {"batch_size": 8, "device": "cpu"})
+    res = run_lm_eval(lm, tm, ["snap_gsm8k", "snap_gen"], None, 3)
+    assert {s["filter"] for s in res["samples"]["snap_gsm8k"]} == {"strict-match", "flexible-extract"}
+    recs = task_records(res, lm, built)
+    assert set(recs) == {"snap_gsm8k", "snap_gen"}
+    gsm, info = recs["snap_gsm8k"]
+    assert info["filter"] == "flexible-extract" and info["primary"] == "exact_match" and len(gsm) == 3
+    assert all(r["reference"].endswith(f"#### {2 * n + 2}") for r, n in zip(gsm, range(3, 6)))
+    prompts = [s["arguments"][0][0] for s in res["samples"]["snap_gsm8k"]]
+    assert all(p.count("Question:") == 3 for p in prompts), "two examples, then the question"
+    gen, _ = recs["snap_gen"]
+    assert [r["doc_id"] for r in gen] == list(range(6))
+    assert [r["subtask"] for r in gen] == ["snap_gen__standin_gsm8k"] * 3 + ["snap_gen__standin_triviaqa"] * 3

@@ -120,25 +120,91 @@ class MegatronHarnessLM(LM):
 
     @torch.no_grad()
     def generate_until(self, requests) -> list[str]:
-        outs = []
-        for req in requests:
+        """Greedy continuations in batches (longest prompts first) with megatron's static KV cache: one forward
+        over the left-padded prompts, then one token per step. Rotary embeddings depend only on the distance
+        between positions, so left padding (masked out) leaves each sequence's attention as if it were alone."""
+        items = []
+        for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.get("max_gen_toks", 64))
-            ids = self._encode(context) or [self.eod]
-            new: list[int] = []
-            text = ""
-            for _ in range(max_new):  # greedy, no cache: fine for small models
-                seq = (ids + new)[-self.max_length:]
-                nxt = int(self._log_probs(self._hidden([seq])[0, len(seq) - 1:]).argmax())
-                if nxt == self.eod:
-                    break
-                new.append(nxt)
-                text = self.tok.decode(new)
-                if any(u in text for u in until):
-                    break
+            max_new = max(1, min(int(gen_kwargs.get("max_gen_toks", 64)), self.max_length - 1))
+            ids = (self._encode(context) or [self.eod])[-(self.max_length - max_new):]  # room for the answer
+            items.append((i, ids, until, max_new))
+        items.sort(key=lambda it: -len(it[1]))
+        outs: list[str | None] = [None] * len(items)
+        from harness import progress
+
+        for start in range(0, len(items), self.batch_size):
+            progress.report("requests", start, len(items))
+            batch = items[start:start + self.batch_size]
+            for (i, *_), text in zip(batch, self._greedy(batch)):
+                outs[i] = text
+        return outs  # type: ignore[return-value]
+
+    def _greedy(self, batch: list[tuple[int, list[int], list[str], int]]) -> list[str]:
+        from megatron.core.inference.contexts import StaticInferenceContext
+
+        n, width = len(batch), max(len(ids) for _, ids, _, _ in batch)
+        steps = max(m for *_, m in batch)
+        tokens = torch.full((n, width), self.eod, dtype=torch.long)
+        pad = torch.ones((n, width), dtype=torch.bool)
+        for row, (_, ids, _, _) in enumerate(batch):
+            tokens[row, width - len(ids):] = torch.tensor(ids)
+            pad[row, width - len(ids):] = False
+        pos = (torch.cumsum(~pad, dim=1) - 1).clamp(min=0)
+        cache = StaticInferenceContext(n, width + steps)
+        # megatron's masks are True where attention is not allowed: later positions and the padding
+        causal = torch.triu(torch.ones(width, width, dtype=torch.bool), diagonal=1)
+        hidden = self.model(tokens, pos, causal[None, None] | pad[:, None, None, :], inference_context=cache,
+                            runtime_gather_output=True)
+        cache.sequence_len_offset += width
+        new: list[list[int]] = [[] for _ in batch]
+        texts = [""] * n
+        live = [True] * n
+        keys_pad = pad
+        for step in range(steps):
+            nxt = self._log_probs(hidden[-1]).argmax(dim=-1)  # [n]: the next token after each sequence
+            for row, (_, _, until, max_new) in enumerate(batch):
+                if not live[row]:
+                    continue
+                tok = int(nxt[row])
+                if tok == self.eod:
+                    live[row] = False
+                    continue
+                new[row].append(tok)
+                texts[row] = self.tok.decode(new[row])
+                if len(new[row]) >= max_new or any(u in texts[row] for u in until):
+                    live[row] = False
+            if not any(live) or step == steps - 1:
+                break
+            keys_pad = torch.cat([keys_pad, torch.zeros((n, 1), dtype=torch.bool)], dim=1)
+            pos = pos[:, -1:] + 1
+            hidden = self.model(nxt[:, None], pos, keys_pad[:, None, None, :], inference_context=cache,
+                            runtime_gather_output=True)
+            cache.sequence_len_offset += 1
+        out = []
+        for (_, _, until, _), text in zip(batch, texts):
             for u in until:
                 text = text.split(u)[0]
-            outs.append(text)
-        return outs
+            out.append(text)
+        return out
+
+    @torch.no_grad()
+    def _generate_one(self, context: str, until: list[str], max_new: int) -> str:
+        """The reference: greedy, one request, the whole sequence recomputed per token (tests compare with it)."""
+        ids = (self._encode(context) or [self.eod])[-(self.max_length - max_new):]
+        new: list[int] = []
+        text = ""
+        for _ in range(max_new):
+            seq = ids + new
+            nxt = int(self._log_probs(self._hidden([seq])[0, len(seq) - 1:]).argmax())
+            if nxt == self.eod:
+                break
+            new.append(nxt)
+            text = self.tok.decode(new)
+            if any(u in text for u in until):
+                break
+        for u in until:
+            text = text.split(u)[0]
+        return text

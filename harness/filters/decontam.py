@@ -29,10 +29,14 @@ MIN_WHOLE = 5
 
 
 def eval_sequences(doc: dict) -> list[str]:
+    """Question with all choices and question with the gold answer; a generative item (no choices): question with
+    its reference answer."""
     q, choices = doc["query"], doc.get("choices") or []
     out = [q + " " + " ".join(choices)]
     if choices:
         out.append(q + " " + choices[int(doc["gold"])])
+    elif doc.get("answer"):
+        out.append(q + " " + str(doc["answer"]))
     return out
 
 

@@ -18,9 +18,29 @@ import yaml
 from harness.plan import Plan
 from harness.report import contamination, stats, synthetic
 
-# metric -> (label, higher is better, scale for display)
-METRICS = {"acc": ("accuracy", True, 100.0), "acc_norm": ("length-normalised accuracy", True, 100.0),
-           "gold_bpb": ("bits per byte of the correct answer", False, 1.0)}
+# metric -> (label, higher is better, scale for display); `score` is each task's own metric (accuracy for multiple
+# choice, the first of a generative task's lm-eval metrics), shown when the tasks' metrics differ
+METRICS = {"score": ("score (each task's own metric)", True, 100.0), "acc": ("accuracy", True, 100.0),
+           "acc_norm": ("length-normalised accuracy", True, 100.0), "exact_match": ("exact match", True, 100.0),
+           "gold_bpb": ("bits per byte of the correct or reference answer", False, 1.0)}
+NOT_SCORES = {"doc_id", "id", "gold", "loglik", "bytes", "gold_prob", "response", "raw_response", "reference",
+              "subtask", "leaf_doc_id"}
+
+
+def metric_info(metric: str) -> tuple[str, bool, float]:
+    """(label, higher is better, display scale) of a metric; one lm-eval defines and we do not name (f1, pass@1)
+    reads as a fraction, higher is better."""
+    return METRICS.get(metric, (metric, True, 100.0))
+
+
+def record_metrics(rec: dict) -> list[str]:
+    """The per-item metrics in an evaluation record, `score` first (records made before it existed: accuracy)."""
+    return ["score"] + [k for k, v in rec.items() if k not in NOT_SCORES and k != "score"
+                        and isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _score(rec: dict, metric: str) -> float:
+    return float(rec["acc"] if metric == "score" and "score" not in rec else rec[metric])
 
 
 SUITES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "evals").glob("*.yaml"))
@@ -35,6 +55,7 @@ class ArmData:
     name: str
     seeds: list[int]
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # metric -> task -> [seeds, items]
+    primary: dict[str, str] = field(default_factory=dict)  # task -> the metric its `score` is
     tokens_by_source: dict[str, float] = field(default_factory=dict)  # mean over seeds
     unique_by_source: dict[str, dict] = field(default_factory=dict)  # {unique: tokens, epochs}, from the blend
     evaluated: dict[str, set] = field(default_factory=dict)  # task -> ids of the evaluated items
@@ -58,6 +79,18 @@ def _samples(plan: Plan, sid: str) -> dict[str, list[dict]]:
     return {f.stem: [json.loads(l) for l in f.read_text().splitlines()] for f in sorted(folder.glob("*.jsonl"))}
 
 
+def _primary(plan: Plan, sid: str) -> dict[str, str]:
+    spec = plan.by_id(sid)
+    tasks = plan.store.manifest(spec.kind, spec.digest)["result"]["tasks"]
+    return {t: m.get("primary", "acc") for t, m in tasks.items()}
+
+
+def _arrays(per_seed: list[dict[str, list[dict]]], task: str) -> dict[str, np.ndarray]:
+    """{metric: [seeds, items]} of one task."""
+    return {m: np.array([[_score(r, m) for r in s[task]] for s in per_seed], dtype=np.float64)
+            for m in record_metrics(per_seed[0][task][0])}
+
+
 def collect_base(plan: Plan, arms: dict[str, ArmData]) -> ArmData | None:
     """A continuation's base model, evaluated once (stage eval/base), as a one-"seed" row on the same items as the
     arms; None for from-scratch recipes."""
@@ -68,15 +101,16 @@ def collect_base(plan: Plan, arms: dict[str, ArmData]) -> ArmData | None:
                           "run)")
     per_task = _samples(plan, "eval/base")
     ref = next(iter(arms.values()))
-    if set(per_task) != set(ref.scores["acc"]):
+    if set(per_task) != set(ref.scores["score"]):
         raise ReportError(f"the base model and arm '{ref.name}' were evaluated on different tasks: "
-                          f"{sorted(set(per_task) ^ set(ref.scores['acc']))}")
+                          f"{sorted(set(per_task) ^ set(ref.scores['score']))}")
     for t, recs in sorted(per_task.items()):
         if [r["doc_id"] for r in recs] != ref.item_ids[t]:
             raise ReportError(f"task {t}: the base model was evaluated on other items than arm '{ref.name}'")
-    data = ArmData(BASE, [0])
-    data.scores = {metric: {t: np.array([[r[metric] for r in recs]], dtype=np.float64)
-                            for t, recs in sorted(per_task.items())} for metric in METRICS}
+    data = ArmData(BASE, [0], primary=_primary(plan, "eval/base"))
+    for t in sorted(per_task):
+        for metric, x in _arrays([per_task], t).items():
+            data.scores.setdefault(metric, {})[t] = x
     return data
 
 
@@ -93,6 +127,7 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
                 problems.append(f"arm '{arm['name']}' seed {seed}: no evaluation yet (stage {sid} has not run)")
                 continue
             per_seed.append(_samples(plan, sid))
+            data.primary = _primary(plan, sid)
             tr = plan.by_id(f"train/{arm['name']}/seed{seed}")
             for src, n in plan.store.manifest(tr.kind, tr.digest)["result"]["tokens_by_source"].items():
                 data.tokens_by_source[src] = data.tokens_by_source.get(src, 0.0) + n / len(recipe["seeds"])
@@ -107,22 +142,22 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
             if set(s) != tasks:
                 problems.append(f"arm '{arm['name']}': seed {recipe['seeds'][k]} was evaluated on other tasks "
                                 f"({sorted(set(s) ^ tasks)})")
-        for metric in METRICS:
-            data.scores[metric] = {}
-            for t in sorted(tasks):
-                ids = [r["doc_id"] for r in per_seed[0][t]]
-                if any([r["doc_id"] for r in s[t]] != ids for s in per_seed):
-                    problems.append(f"arm '{arm['name']}' task {t}: seeds were evaluated on different items")
-                    continue
-                data.scores[metric][t] = np.array([[r[metric] for r in s[t]] for s in per_seed], dtype=np.float64)
-                data.evaluated[t] = {r["id"] for r in per_seed[0][t] if r.get("id")}
-                data.item_ids[t] = ids
+        data.scores["score"] = {}
+        for t in sorted(tasks):
+            ids = [r["doc_id"] for r in per_seed[0][t]]
+            if any([r["doc_id"] for r in s[t]] != ids for s in per_seed):
+                problems.append(f"arm '{arm['name']}' task {t}: seeds were evaluated on different items")
+                continue
+            for metric, x in _arrays(per_seed, t).items():
+                data.scores.setdefault(metric, {})[t] = x
+            data.evaluated[t] = {r["id"] for r in per_seed[0][t] if r.get("id")}
+            data.item_ids[t] = ids
         arms[arm["name"]] = data
     if problems:
         raise ReportError("cannot build the report:\n  " + "\n  ".join(problems))
     ref_tasks = None
     for a in arms.values():
-        tasks = set(a.scores["acc"])
+        tasks = set(a.scores["score"])
         if ref_tasks is None:
             ref_tasks, ref_arm = tasks, a.name
         elif tasks != ref_tasks:
@@ -133,7 +168,8 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
 
 def _value(x: float, scale: float, sign: str = "") -> str:
     """A metric's value (sign "+": a delta) as the tables print it: percentages with 2 decimals, bpb with 4."""
-    return f"{x * scale:{sign}.2f}" if scale != 1 else f"{x:{sign}.4f}"
+    text = f"{x * scale:{sign}.2f}" if scale != 1 else f"{x:{sign}.4f}"
+    return text.replace("-", "+" if sign else "") if float(text) == 0 else text  # no "-0.00"
 
 
 def _cell(value: float, delta: stats.Delta | None, scale: float, higher: bool) -> tuple[str, str]:
@@ -166,21 +202,28 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
                            .read_text())
     prefix = recipe["eval"]["suite"] + "_"
     groups = {g: [prefix + t for t in ts] for g, ts in suite.get("groups", {}).items()}
-    tasks = sorted(arms[baseline].scores["acc"])
+    tasks = sorted(arms[baseline].scores["score"])
+    primary = arms[baseline].primary
     columns = tasks + [g for g in groups if any(t in tasks for t in groups[g])] + ["average"]
     out.mkdir(parents=True, exist_ok=True)
+    shown = table_metrics(arms[baseline])
     results: dict = {"experiment": plan.experiment, "seeds": recipe["seeds"], "baseline": baseline,
-                     "controls": controls, "columns": columns, "comparisons": {}, "values": {}, "tokens": {}}
+                     "controls": controls, "columns": columns, "metrics": shown,
+                     "primary": {t: primary.get(t, "acc") for t in tasks}, "comparisons": {}, "values": {},
+                     "tokens": {}}
     tables_md, rows_csv = [], []
-    for metric, (label, higher, scale) in METRICS.items():
+    for metric in shown:
+        label, higher, scale = metric_info(metric)
+        m_tasks = sorted(arms[baseline].scores[metric])
+        m_columns = m_tasks + [g for g in groups if any(t in m_tasks for t in groups[g])] + ["average"]
         values = {}
         for a in rows_of.values():
-            per_task = {t: float(a.scores[metric][t].mean()) for t in tasks}
+            per_task = {t: float(a.scores[metric][t].mean()) for t in m_tasks}
             for g, members in groups.items():
                 ms = [per_task[t] for t in members if t in per_task]
                 if ms:
                     per_task[g] = float(np.mean(ms))
-            per_task["average"] = float(np.mean([per_task[t] for t in tasks]))
+            per_task["average"] = float(np.mean([per_task[t] for t in m_tasks]))
             values[a.name] = per_task
         results["values"][metric] = values
         for ref in refs:
@@ -198,8 +241,9 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
             results["comparisons"][f"{metric}_vs_{ref}"] = {
                 arm: {t: {"delta": d.estimate, "low": d.low, "high": d.high, "significant": d.significant}
                       for t, d in ds_.items()} for arm, ds_ in deltas.items()}
-            md, tex = _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, len(recipe["seeds"]),
-                              with_base=base is not None)
+            md, tex = _tables(metric, label, higher, scale, ref, arms, m_columns, values, deltas,
+                              len(recipe["seeds"]), with_base=base is not None,
+                              averaged=_averaged(metric, m_tasks, primary))
             stem = f"{metric}_vs_{ref}"
             (out / f"{stem}.md").write_text(md)
             (out / f"{stem}.tex").write_text(tex)
@@ -224,7 +268,7 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
         w.writeheader()
         w.writerows(rows_csv)
     results["base"] = None if base is None else {"evaluated": "once", "values": {m: results["values"][m][BASE]
-                                                                                 for m in METRICS}}
+                                                                                 for m in shown}}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from harness.report import plots
 
@@ -237,6 +281,35 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
     if (recipe.get("wandb") or {}).get("mode", "disabled") != "disabled":
         _log_wandb(recipe, plan, rows_of, rows_csv, out)
     return results
+
+
+def table_metrics(arm: ArmData) -> list[str]:
+    """The metrics the report tabulates, in order. When the tasks' own metrics differ (multiple choice beside
+    generative tasks), a `score` table holds each task's own metric first, and a metric that is every one of its
+    tasks' own is not tabulated again; otherwise accuracy leads. Bits per byte (every task has it) comes last."""
+    mixed = len(set(arm.primary.get(t, "acc") for t in arm.scores["score"])) > 1
+    named = [m for m in METRICS if m not in ("score", "gold_bpb")]
+    others = sorted(m for m in arm.scores if m not in METRICS)
+    out = ["score"] if mixed else []
+    for m in named + others:
+        if m not in arm.scores:
+            continue
+        own_everywhere = all(arm.primary.get(t, "acc") == m for t in arm.scores[m])
+        if mixed and own_everywhere:
+            continue
+        out.append(m)
+    return out + (["gold_bpb"] if "gold_bpb" in arm.scores else [])
+
+
+def _averaged(metric: str, tasks: list[str], primary: dict[str, str]) -> str:
+    """What a table's group and average columns average, in words."""
+    if metric != "score":
+        return f"groups and the average: unweighted means over the {len(tasks)} tasks with this metric"
+    by: dict[str, list[str]] = {}
+    for t in tasks:
+        by.setdefault(primary.get(t, "acc"), []).append(_short(t))
+    return ("each task's own metric - " + "; ".join(f"{m}: {', '.join(ts)}" for m, ts in sorted(by.items())) +
+            f"; groups and the average: unweighted means of these {len(tasks)} scores")
 
 
 def run_links(plan: Plan) -> dict:
@@ -298,11 +371,11 @@ BASE_NOTE = (" Every arm continues the same base model, shown in each table as `
 
 
 def _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, n_seeds,
-            with_base: bool = False) -> tuple[str, str]:
+            with_base: bool = False, averaged: str = "") -> tuple[str, str]:
     head = [_short(c) for c in columns]
     arrow = "higher is better" if higher else "lower is better"
-    md = [f"### {label} ({arrow}), against `{ref}`", "", "| arm | " + " | ".join(head) + " |",
-          "|---|" + "---|" * len(head)]
+    md = [f"### {label} ({arrow}), against `{ref}`", "", *([averaged, ""] if averaged else []),
+          "| arm | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     tex = [r"\begin{table}[t]", r"\centering", r"\small",
            r"\begin{tabular}{l" + "r" * len(head) + "}", r"\toprule",
            "Arm & " + " & ".join(h.replace("_", r"\_") for h in head) + r" \\", r"\midrule"]
@@ -348,14 +421,15 @@ def headline(results: dict):
     t = Table(title=f"{results['experiment']}: average over the tasks, vs {base} "
                     f"({len(results['seeds'])} seed(s), 95% paired-bootstrap intervals)", title_justify="left")
     t.add_column("arm")
-    for metric in ("acc", "gold_bpb"):
-        label, higher, scale = METRICS[metric]
+    lead = (results.get("metrics") or ["acc"])[0]
+    for metric in (lead, "gold_bpb"):
+        label, higher, scale = metric_info(metric)
         t.add_column(label, justify="right")
         t.add_column(f"vs {base}", justify="right")
-    for arm in results["values"]["acc"]:
+    for arm in results["values"][lead]:
         cells = [arm]
-        for metric in ("acc", "gold_bpb"):
-            label, higher, scale = METRICS[metric]
+        for metric in (lead, "gold_bpb"):
+            label, higher, scale = metric_info(metric)
             value = results["values"][metric][arm]["average"]
             d = results["comparisons"][f"{metric}_vs_{base}"].get(arm, {}).get("average")
             fmt = lambda x: _value(x, scale, "+")  # noqa: E731

@@ -18,9 +18,11 @@ def write_all(plan, recipe, arms, results, out: Path, groups: dict[str, list[str
     corpora = set(recipe.get("corpora", {}))
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("acc_norm", "gold_bpb")):
+    shown = results.get("metrics") or list(results["values"])
+    for ax, metric in zip(axes, ("acc_norm" if "acc_norm" in shown else shown[0], "gold_bpb")):
         values = results["values"][metric]
-        cols = [c for c in results["columns"] if c in ("seeded", "held_out", "average")]
+        first = next(iter(values.values()))
+        cols = [c for c in results["columns"] if c in ("seeded", "held_out", "generative", "average") and c in first]
         for col in cols:
             xs, ys, lo, hi = [], [], [], []
             for name, a in arms.items():

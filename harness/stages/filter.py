@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import heapq
 import json
+from pathlib import Path
 from typing import Iterator
 
 from harness.data.readers import ReadStats, read_corpus
@@ -48,17 +49,29 @@ class DecontamIndexStage(Stage):
     version = 2  # the fuzzy stage's index beside the n-gram index
 
     def run(self, ctx: StageContext) -> dict:
+        from harness import buildcache
+        from harness.filters import fuzzy, text
+
         cfg = ctx.spec.config
         data = (ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]).parent / "data"
-        evals, train = [], []
-        for f in sorted(data.glob("*/*.jsonl")):
-            task, split = f.parent.name, f.stem
-            rows = [{**r, "task": task, "split": split} for r in read_jsonl(f)]
-            (train if split == "train" else evals).extend(rows)
-        index = decontam.build(evals, train, cfg["ngram"], cfg["ngram_min"], cfg["max_item_freq"], cfg.get("fuzzy"))
-        index.save(ctx.workdir / "index")
-        ctx.log.info("index over %d eval items: %s", len(evals), index.stats)
-        return {"dir": "index", **index.stats}
+
+        def build(folder: Path) -> None:
+            evals, train = [], []
+            for f in sorted(data.glob("*/*.jsonl")):
+                task, split = f.parent.name, f.stem
+                rows = [{**r, "task": task, "split": split} for r in read_jsonl(f)]
+                (train if split == "train" else evals).extend(rows)
+            index = decontam.build(evals, train, cfg["ngram"], cfg["ngram_min"], cfg["max_item_freq"],
+                                   cfg.get("fuzzy"))
+            index.save(folder)
+            (folder / "stats.json").write_text(json.dumps({"eval_items": len(evals), **index.stats}))
+
+        cached = buildcache.fetch_or_build("decontam_index", buildcache.key(ctx.spec.digest, decontam, fuzzy, text),
+                                           ctx.workdir / "index", build)
+        stats = json.loads((ctx.workdir / "index" / "stats.json").read_text())
+        ctx.log.info("index over %d eval items%s: %s", stats.pop("eval_items"),
+                     " (from the machine's build cache)" if cached else "", stats)
+        return {"dir": "index", **stats}
 
 
 def _shard_items(ctx: StageContext) -> tuple[list[str], Iterator[dict], dict]:

@@ -34,22 +34,38 @@ def index_and_docs(suite_store):
     return plan, index, *_suite_docs(plan)
 
 
+@pytest.fixture(scope="module")
+def mc_evals(index_and_docs):
+    """The multiple-choice eval items: the edits below reorder and letter their options."""
+    return [d for d in index_and_docs[2] if "choices" in d]
+
+
+def _question(doc: dict) -> str:
+    return doc["query"].replace("Question:", "").replace("\nAnswer:", "").strip()
+
+
+def _gold(doc: dict) -> tuple[list[str] | None, str]:
+    """A multiple-choice item's options and gold option; a generative one's reference answer, no options."""
+    if "choices" not in doc:
+        return None, str(doc["answer"])
+    return list(doc["choices"]), doc["choices"][doc["gold"]]
+
+
 def _as_item(doc: dict, edit: str | None, rng: random.Random) -> dict:
-    q = doc["query"].replace("Question:", "").replace("\nAnswer:", "").strip()
-    choices = list(doc["choices"])
-    gold = choices[doc["gold"]]
+    q = _question(doc)
+    choices, gold = _gold(doc)
     if edit == "case":
         q = q.upper().replace(" ", "  ") + " ?!"
     elif edit == "prefix":
         q = "Here is a question for you. " + q
-    elif edit == "shuffle":
+    elif edit == "shuffle" and choices:
         rng.shuffle(choices)
     elif edit == "word":
         w = q.split()
         w[len(w) // 2] = "zebra"
         q = " ".join(w)
-    return {"item_id": doc["id"], "question": q, "choices": choices, "answer_index": choices.index(gold),
-            "answer_text": gold, "context": None}
+    return {"item_id": doc["id"], "question": q, "choices": choices,
+            "answer_index": choices.index(gold) if choices else None, "answer_text": gold, "context": None}
 
 
 SOTU = Path(__file__).resolve().parents[1] / ".cache" / "assets" / "sotu.jsonl"
@@ -58,8 +74,8 @@ EDITS = ("case", "word", "swap", "options", "phrased", "combo")
 
 def _edited(doc: dict, edit: str, rng: random.Random) -> dict:
     """An eval item as a generator (or a web page) might restate it: a light edit of one kind."""
-    q = doc["query"].replace("Question:", "").replace("\nAnswer:", "").strip()
-    choices, gold = list(doc["choices"]), doc["choices"][doc["gold"]]
+    q = _question(doc)
+    choices, gold = _gold(doc)
     answer = gold
     w = q.split()
     if edit == "case":  # case and punctuation
@@ -71,7 +87,7 @@ def _edited(doc: dict, edit: str, rng: random.Random) -> dict:
         i = rng.randrange(len(w) - 1)
         w[i], w[i + 1] = w[i + 1], w[i]
         q = " ".join(w)
-    elif edit == "options":  # reordered and lettered inside the question; the key is a letter
+    elif edit == "options" and choices:  # reordered and lettered inside the question; the key is a letter
         rng.shuffle(choices)
         q += "\n" + "\n".join(f"({'ABCDEFGH'[i]}) {c}" for i, c in enumerate(choices))
         answer = f"{'ABCDEFGH'[choices.index(gold)]}. {gold}"
@@ -92,10 +108,9 @@ def _exact_only(index: decontam.Index) -> decontam.Index:
 
 
 @pytest.fixture(scope="module")
-def short_evals(index_and_docs):
+def short_evals(mc_evals):
     """Eval items of at most 20 question words: where a light edit leaves no n-gram of the exact stage whole."""
-    _, _, evals, _ = index_and_docs
-    return [d for d in evals if 3 <= len(fuzzy.words(d["query"])) <= 20]
+    return [d for d in mc_evals if 3 <= len(fuzzy.words(d["query"])) <= 20]
 
 
 def test_align_is_the_semi_global_edit_distance():
@@ -185,7 +200,8 @@ def test_index_covers_every_eval_split(index_and_docs):
     st = index.stats
     assert st["eval_items"] == len(evals) > 40_000 and st["unindexed_items"] == 0
     assert set(st["items_per_task"]) == {"arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa",
-                                         "piqa", "socialiqa", "winogrande", "sciq", "mmlu"}
+                                         "piqa", "socialiqa", "winogrande", "sciq", "mmlu", "triviaqa", "nq_open",
+                                         "arithmetic"}
     assert {e["split"] for e in evals} == {"validation", "test"} and st["ngrams_kept"] > 0.9 * st["ngrams"]
     fz = st["fuzzy"]
     assert fz["eval"]["items"] == len(evals) and fz["eval"]["keyed"] > 0.99 * len(evals)
@@ -193,18 +209,32 @@ def test_index_covers_every_eval_split(index_and_docs):
 
 
 @pytest.mark.parametrize("edit", [None, "case", "prefix", "shuffle"])
-def test_planted_eval_items_are_all_caught(index_and_docs, edit):
-    _, index, evals, _ = index_and_docs
+def test_planted_eval_items_are_all_caught(index_and_docs, mc_evals, edit):
+    index = index_and_docs[1]
     rng = random.Random(7)
-    planted = [_as_item(d, edit, rng) for d in rng.sample(evals, 300)]
+    planted = [_as_item(d, edit, rng) for d in rng.sample(mc_evals, 300)]
     clean, dropped, report = decontam.check_items(index, planted)
     assert not clean, f"missed: {[c['item_id'] for c in clean]}"
     assert all(d["item_id"] in d["contaminates"] for d in dropped)
     assert sum(r["dropped"] for r in report.values()) >= len(planted)
 
 
-def test_one_word_edits_are_caught(index_and_docs):
-    _, index, evals, _ = index_and_docs
+@pytest.mark.parametrize("edit", [None, "case", "phrased", "word"])
+def test_planted_generative_items_are_caught(index_and_docs, edit):
+    """Open-answer items (TriviaQA, NQ-open): a question and its reference answer, restated, is contamination like a
+    multiple-choice item is. (Arithmetic's four-word sums are below any text-overlap test's reach: none is sampled.)"""
+    index, evals = index_and_docs[1], index_and_docs[2]
+    rng = random.Random(13)
+    gen = [d for d in evals if "choices" not in d and len(fuzzy.words(d["query"])) >= 6]
+    assert {d["task"] for d in gen} == {"triviaqa", "nq_open"}
+    planted = [_as_item(d, None, rng) if edit is None else _edited(d, edit, rng) for d in rng.sample(gen, 300)]
+    clean, dropped, _ = decontam.check_items(index, planted)
+    assert len(dropped) >= (1.0 if edit is None else 0.95) * len(planted), [c["question"] for c in clean[:10]]
+    assert all(d["item_id"] in d["contaminates"] for d in dropped)
+
+
+def test_one_word_edits_are_caught(index_and_docs, mc_evals):
+    index, evals = index_and_docs[1], mc_evals
     rng = random.Random(8)
     # items of at least 16 words: there n <= words // 2, so a one-word edit always leaves a whole n-gram (shorter
     # items are matched with n = 8 or whole, and a one-word edit is no longer light)

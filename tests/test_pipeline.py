@@ -204,11 +204,12 @@ def test_seed_render_source_from_train_splits(tmp_path, cli):
 
 def test_task_without_train_split_cannot_seed(tmp_path, cli):
     r = base_recipe(tmp_path)
-    r["synthetic"] = {"seedqa": {"kind": "seed_render", "tasks": ["offline_sciq"]}}
+    """Refused when the recipe is read, before any stage runs: NQ-open is packaged with its validation split only."""
+    r["synthetic"] = {"seedqa": {"kind": "seed_render", "tasks": ["offline_nq_open"]}}
     r["arms"].append({"name": "seeded", "mix": {"web": 0.8, "seedqa": 0.2}})
     code, out = cli("run", write_recipe(tmp_path / "r.yaml", r), "--only", "seeds")
-    assert code == 1
-    assert "tasks without a training split cannot seed: ['offline_sciq']" in " ".join(out.split())
+    assert code == 2 and not (tmp_path / "runs").exists()
+    assert "synthetic.seedqa.tasks: 'offline_nq_open': nq_open has no train split to seed from" in " ".join(out.split())
 
 
 def test_blend_of_a_source_with_a_few_documents(tmp_path, cli):

@@ -36,7 +36,7 @@ quickstart: setup
 
 test: setup
 	$(BIN)/ruff check --select F --quiet harness tests bench
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 bench: setup
 	$(BIN)/python bench/tokenization.py

@@ -24,7 +24,9 @@ def _fail(problems: list[tuple[str, str]] | str, code: int = EXIT_BAD_INPUT) -> 
     if isinstance(problems, str):
         problems = [("", problems)]
     for where, msg in problems:
-        console.print(f"[red]error[/]: {where + ': ' if where else ''}{msg}", markup=True, highlight=False)
+        # soft_wrap: an error is one line whatever the terminal's width, so that it can be searched and parsed
+        console.print(f"[red]error[/]: {where + ': ' if where else ''}{msg}", markup=True, highlight=False,
+                      soft_wrap=True)
     raise typer.Exit(code)
 
 

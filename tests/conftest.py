@@ -1,5 +1,8 @@
+import contextlib
 import json
 import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,41 @@ def suite_store(tmp_path_factory):
     res = CliRunner().invoke(app, ["run", str(path), "--only", "contamination"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return tmp
+
+
+@contextlib.contextmanager
+def serving(reply, port: int = 0):
+    """An OpenAI-compatible chat endpoint on a loopback port (`port`, or a free one) answering
+    `reply(prompt, temperature)`; stopped (and its thread joined) on exit."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            try:
+                text = reply(body["messages"][-1]["content"], body["temperature"])
+            except Exception as e:  # a broken script shows up in the test's failure, not as a dropped connection
+                self.send_error(400, f"scripted reply failed: {type(e).__name__}: {e}"[:200])
+                return
+            out = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the client opens many connections at once; the default backlog is 5
+
+    httpd = Server(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)

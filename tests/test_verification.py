@@ -5,14 +5,12 @@ random answers pass a wrongly keyed item under the recipe's bound (a same-model 
 two-option ones)."""
 
 import collections
-import contextlib
 import hashlib
 import json
 import random
 import logging
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -24,7 +22,7 @@ from harness.generation.pipeline import Sampling
 from harness.generation.prompts import Templates
 from harness.plan import Plan
 
-from conftest import base_recipe, write_recipe
+from conftest import base_recipe, serving, write_recipe
 
 LETTER = re.compile(r"^([A-H])\. (.*)$", re.M)
 
@@ -57,44 +55,6 @@ class Script:
         if "open-wrong" in question:
             return "Mount Blanc"
         raise AssertionError(question)
-
-
-@contextlib.contextmanager
-def serving(reply):
-    """An OpenAI-compatible chat endpoint on a loopback port answering `reply(prompt, temperature)`; stopped (and
-    its thread joined) on exit."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            try:
-                text = reply(body["messages"][-1]["content"], body["temperature"])
-            except Exception as e:  # a broken script shows up in the test's failure, not as a dropped connection
-                self.send_error(400, f"scripted reply failed: {type(e).__name__}: {e}"[:200])
-                return
-            out = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                              "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
-
-    class Server(ThreadingHTTPServer):
-        request_queue_size = 128  # the client opens many connections at once; the default backlog is 5
-
-    httpd = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.fixture

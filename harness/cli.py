@@ -71,8 +71,10 @@ def _plan_for(recipe: Path, overrides, store, only, executor: str, refusal: str)
 def validate(recipe: Path, overrides: Optional[List[str]] = OVERRIDES):
     """Check a recipe (keys, types, shares, files, data sufficiency) without doing any work."""
     r = _load(recipe, overrides)
-    out.print(f"[green]ok[/]: {recipe}: experiment '{r.experiment}', {len(r.arms)} arm(s) x {len(r.seeds)} seed(s), "
-              f"{int(r.data.tokens):,} tokens per run")
+    scales = "".join(f", scale {s.name}: {s.model or r.model.preset or 'the base'} on "
+                     f"{int(s.tokens or r.data.tokens):,} tokens" for s in r.scales)
+    out.print(f"[green]ok[/]: {recipe}: experiment '{r.experiment}', {len(r.arms)} arm(s) x {len(r.seeds)} seed(s)" +
+              (scales or f", {int(r.data.tokens):,} tokens per run"))
 
 
 @app.command()
@@ -309,6 +311,90 @@ def report(experiment: str = typer.Argument(..., help="an experiment name in the
         _fail(str(e))
     out.print((exp / "report" / "report.md").read_text(), markup=False, highlight=False)
     out.print(f"written: {exp / 'report'} (report.md, *.tex, comparisons.csv, results.json, *.png)")
+
+
+@app.command()
+def propose(experiment: str = typer.Argument(..., help="an experiment name in the store"),
+            store: Optional[Path] = STORE,
+            count: int = typer.Option(2, min=1, help="shares to propose per source"),
+            output: Optional[Path] = typer.Option(None, "-o", "--output", help="also write the sweep: section here")):
+    """The next shares to run: per source of the report's sweeps, where its fitted curve is least certain (the 95%
+    band widest), within what data.max_epochs allows - a `sweep:` section to add to the recipe."""
+    import json
+
+    import yaml
+
+    from harness.report import sweep
+    from harness.store import Store
+
+    st = Store(store or "runs")
+    exp = st.experiment_dir(experiment)
+    saved = exp / "report" / "results.json"
+    if not saved.is_file():
+        _fail(f"no report for '{experiment}' in {st.root}: run `harness report {experiment}` first")
+    results = json.loads(saved.read_text())
+    recipe = yaml.safe_load((exp / "recipe.yaml").read_text())
+    if recipe.get("scales"):  # the report's curves are the largest scale's
+        from harness.report.scales import scaled_dict
+
+        recipe = scaled_dict(recipe, recipe["scales"][-1])
+    if not results.get("sweeps"):
+        _fail(f"the report of '{experiment}' has no curve: no arm raises one source's share over the baseline's")
+    entries, lines = [], []
+    for key, entry in results["sweeps"].items():
+        metric, fit = next(iter(entry["fits"].items()))
+        knob = entry.get("knob")
+        what = knob or "share"
+        tested = [p["x"] for p in entry["points"]]
+        picked = sweep.propose(fit, count, entry["allowed"] or float("inf"), tested, integer=bool(knob) and
+                               sweep.knobs()[knob] is int)
+        lines.append(f"{key}: tested {', '.join(f'{t:g}' for t in tested)}; " + (
+            f"best {what} {fit['best']:.3g} [{fit['best_low']:.3g}, {fit['best_high']:.3g}]" if fit["best"] is not None
+            else f"best {what} not identified ({fit['not_identified']})") +
+            ("" if knob else f"; at most {entry['allowed']:.3g} within data.max_epochs"))
+        if picked:
+            e = {"source": entry["source"], **({"knob": knob, "values": picked, "share": entry["share"]} if knob else
+                                               {"shares": picked})}
+            replaced = sweep.replaced(recipe["arms"], results["baseline"], entry["points"][-1]["arm"])
+            if replaced:
+                e["replaces"] = replaced
+            entries.append(e)
+    text = "".join(f"# {w}\n" for w in lines) + (yaml.safe_dump({"sweep": entries}, sort_keys=False) if entries else
+                                                "# nothing to propose: every allowed share is tested\n")
+    out.print(text, markup=False, highlight=False, end="", soft_wrap=True)  # YAML: one line per line
+    if output:
+        output.write_text(text)
+
+
+@app.command()
+def history(store: Optional[Path] = STORE,
+            source: Optional[str] = typer.Option(None, help="only the arms that train on this source"),
+            task: Optional[str] = typer.Option(None, help="the deltas on this task (or group) instead of the average"),
+            as_json: bool = typer.Option(False, "--json", help="the rows as JSON")):
+    """What was tried: every experiment's arms, mixtures, scales and seeds in a run store, and what its report
+    decided."""
+    import json
+
+    from harness.report import history as hist
+    from harness.store import Store
+
+    st = Store(store or "runs")
+    rows = hist.collect(st, source, task)
+    if not rows:
+        known = sorted({s for e in st.experiments() for s in _sources_of(st, e)})
+        _fail(f"no arm in {st.root} trains on '{source}' (sources: {', '.join(known) or 'none'})" if source else
+              f"no experiment in {st.root}", code=1)
+    if as_json:
+        out.print(json.dumps(rows, indent=1), markup=False, highlight=False, soft_wrap=True)
+    else:
+        out.print(hist.table(rows))
+
+
+def _sources_of(st, experiment: str) -> set:
+    import yaml
+
+    recipe = yaml.safe_load((st.experiment_dir(experiment) / "recipe.yaml").read_text())
+    return {s for a in recipe["arms"] for s in a["mix"]}
 
 
 @app.command()

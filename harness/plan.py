@@ -67,6 +67,18 @@ def digest(spec: StageSpec, dep_digests: dict[str, str]) -> str:
 
 
 def build(recipe: rcp.Recipe, store: Store) -> Plan:
+    if recipe.scales:  # every scale's plan; the stages they share (same id, same digest) once
+        from harness.report.scales import scaled
+
+        stages, seen = [], {}
+        for sc in recipe.scales:
+            for spec in build(scaled(recipe, sc), store).stages:
+                if spec.id in seen:
+                    assert seen[spec.id] == spec.digest, f"{spec.id} differs between scales"
+                    continue
+                seen[spec.id] = spec.digest
+                stages.append(spec)
+        return Plan(recipe.experiment, store, stages)
     stages: list[StageSpec] = []
     prof = recipe.profile
 

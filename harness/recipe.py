@@ -31,6 +31,11 @@ from harness.generation.config import validate as validate_generator
 from harness.generation.passages import needed as passages_needed
 from harness.generation.verification import VerificationConfig
 from harness.generation.verification import validate as validate_verification
+from harness.report.scales import ScaleConfig
+from harness.report.scales import scaled
+from harness.report.scales import validate as validate_scales
+from harness.report.sweep import SweepConfig
+from harness.report.sweep import expand as expand_sweeps
 from harness.seeds.config import STRATIFY, CategoryConfig, seed_tasks
 from harness.seeds.config import validate as validate_seed_selection
 from harness.training.base import BaseConfig, validate_base
@@ -205,6 +210,10 @@ class Recipe:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     arms: list[ArmConfig] = field(default_factory=list)
+    # a source's share swept into arms (harness/report/sweep.py): the report fits the share's curve
+    sweep: list[SweepConfig] = field(default_factory=list)
+    # every arm at several model sizes and budgets (harness/report/scales.py): does the ranking hold at scale
+    scales: list[ScaleConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     base: BaseConfig = field(default_factory=BaseConfig)  # continuation arms: every arm starts from this model
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -362,6 +371,9 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None, check_file
         raise RecipeError([(str(path), _describe_omegaconf_error(e))]) from None
     recipe.source = str(path.resolve())
     _resolve_paths(recipe, path.parent)
+    expand_sweeps(recipe, lambda key, msg: problems.append((str(path), f"{key}: {msg}")))
+    if problems:
+        raise RecipeError(problems)
     validate(recipe, str(path), check_files=check_files)
     return recipe
 
@@ -593,6 +605,14 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
                                        recipe.data.max_epochs)
             if problem:
                 bad(f"synthetic.{name}", problem.split(": ", 1)[1])
+    if recipe.scales:
+        validate_scales(recipe, bad)
+        if not p:  # each scale is a recipe of its own: its model, budget and data checked as such
+            for i, sc in enumerate(recipe.scales):
+                try:
+                    validate(scaled(recipe, sc), where, check_files)
+                except RecipeError as e:
+                    p += [(w, f"scales[{i}] ({sc.name}): {m}") for w, m in e.problems]
     if p:
         raise RecipeError(p)
     if check_files:

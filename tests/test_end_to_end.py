@@ -110,6 +110,66 @@ def test_report_tables_csv_latex_plots(ablation, cli):
     assert con["sources"]["qa"]["matched"]["sciq"] == 6 and con["sources"]["web"]["matched"] == {}
     report = (rep / "report.md").read_text()
     assert "| mixed | 0/30 | 0/30 | 5/30 | -" in report and "eval items matched: sciq 6 (6 documents)" in report
+    # decision statistics: the clean items leave out the five planted SciQ items, for every arm alike
+    dec = results["decisions"]
+    assert (dec["clean_items"], dec["items"]) == (85, 90)
+    vs = dec["score"]["vs"]["base"]
+    assert vs["clean"]["mixed"]["items"] == 85 and vs["clean"]["mixed"]["low"] <= vs["clean"]["mixed"]["delta"]
+    sure = vs["arms"]["mixed"]["sureness"]["average"]
+    assert sure["seeds"] == [2, 2] and sure["estimable"] and sure["mde"] > 0
+    assert sure["delta"] == pytest.approx(d["delta"])
+    assert set(dec["score"]["snr"]) == {"offline_arc_easy", "offline_sciq", "offline_arithmetic"}
+    assert "## Decision statistics" in report and "clean items: delta" in report and "(85 of 90)" in report
+    per_task = {(r["metric"], r["task"]): r for r in __import__("csv").DictReader(open(rep / "decisions.csv"))
+                if r["arm"] == "mixed" and r["reference"] == "base"}
+    assert float(per_task[("score", "sciq")]["delta"]) == pytest.approx(
+        results["comparisons"]["score_vs_base"]["mixed"]["offline_sciq"]["delta"])
+    assert {t for m, t in per_task if m == "gold_bpb"} >= {"sciq", "arc_easy", "arithmetic", "average"}
+    # one curve (qa, raised to 30% over the baseline's 0%): a line through two shares, no best share named
+    fit = results["sweeps"]["qa"]["fits"]["score"]
+    assert [p["arm"] for p in results["sweeps"]["qa"]["points"]] == ["base", "mixed"]
+    assert fit["model"] == "linear" and fit["best"] is None and "not identified" in report
+    code, out = cli("propose", "toy", "--store", tmp / "runs", "--count", "2")
+    assert code == 0, out
+    proposed = __import__("yaml").safe_load(out)["sweep"]
+    assert proposed[0]["source"] == "qa" and proposed[0]["replaces"] == "web"
+    assert len(proposed[0]["shares"]) == 2 and all(0 < x <= 0.6 for x in proposed[0]["shares"])
+    # what it cost: every published stage's hours are paid once, split among the arms by the stated rule
+    cost = results["costs"]
+    assert sum(a["hours"] for a in cost["arms"].values()) == pytest.approx(
+        sum(s["hours"] for s in cost["stages"].values()))
+    assert cost["arms"]["base"]["by_work"]["training"]["hours"] == pytest.approx(
+        sum(cost["stages"][f"{k}/base/seed{s}"]["hours"] for k in ("blend", "train") for s in (1, 2)))
+    assert cost["stages"]["train/mixed/seed1"]["attempts"] == 1 and cost["stages"]["train/mixed/seed1"]["hours"] > 0
+    st = cost["stages"]
+    web = {a: results["tokens"][a]["web"]["tokens"] for a in ("base", "mixed")}
+    common = sum(h["hours"] for sid, h in st.items() if sid.split("/")[0] in ("tokenizer", "suite", "decontam_index",
+                                                                               "contamination"))
+    assert cost["arms"]["mixed"]["by_work"]["data"]["hours"] == pytest.approx(
+        st["tokenize/qa"]["hours"] + st["tokenize/web"]["hours"] * web["mixed"] / sum(web.values()) + common / 2)
+    assert cost["arms"]["mixed"]["tokens_trained"] == 2 * 25_600 and "### what it cost" in report
+
+
+def test_history_lists_what_was_tried(ablation, cli):
+    tmp, path = ablation
+    code, _ = cli("report", "toy", "--store", tmp / "runs")
+    assert code == 0
+    results = json.loads((tmp / "runs" / "toy" / "report" / "results.json").read_text())
+    code, out = cli("history", "--store", tmp / "runs", "--json")
+    assert code == 0, out
+    rows = {r["arm"]: r for r in json.loads(out)}
+    assert set(rows) == {"base", "mixed", "(sweep of qa)"}
+    assert rows["mixed"]["mix"] == {"web": 0.7, "qa": 0.3} and rows["mixed"]["seeds"] == [1, 2]
+    assert rows["mixed"]["delta"] == results["comparisons"]["score_vs_base"]["mixed"]["average"]
+    assert rows["base"]["decision"] == "reference"
+    assert rows["mixed"]["decision"] in ("better", "worse") or rows["mixed"]["decision"].startswith(
+        "no difference detected (smallest detectable: ")
+    code, out = cli("history", "--store", tmp / "runs", "--json", "--source", "qa", "--task", "sciq")
+    rows = json.loads(out)
+    assert code == 0 and [r["arm"] for r in rows] == ["mixed", "(sweep of qa)"]
+    assert rows[0]["delta"] == results["comparisons"]["score_vs_base"]["mixed"]["offline_sciq"]
+    code, out = cli("history", "--store", tmp / "runs", "--source", "qaa")
+    assert code == 1 and "no arm in" in out and "trains on 'qaa' (sources: qa, web)" in out
 
 
 def test_wandb_offline_runs_read_back(ablation, cli):

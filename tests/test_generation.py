@@ -231,6 +231,11 @@ def test_killed_stage_and_dead_server_then_resume(tmp_path, cli):
     assert g["requests"]["cached"] == cached and g["requests"]["generated"] == 12 - cached
     keys = [x["key"] for x in _lines(plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl")]
     assert len(keys) == len(set(keys)) == 12
+    # every attempt is in the manifest: the killed one (ended at its folder's last write), the failed one, the last
+    spec = plan.by_id("generate/tsqa")
+    attempts = plan.store.manifest(spec.kind, spec.digest)["attempts"]
+    assert [a["outcome"] for a in attempts] == ["killed", "failed", "done"]
+    assert all(a["seconds"] >= 0 for a in attempts) and attempts[0]["ended"] <= attempts[1]["started"]
 
 
 @pytest.mark.parametrize("backend", ["transformers", "ctranslate2"])

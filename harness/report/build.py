@@ -16,7 +16,8 @@ import numpy as np
 import yaml
 
 from harness.plan import Plan
-from harness.report import contamination, stats, synthetic
+from harness.report import contamination, costs, decisions, scales, stats, synthetic
+from harness.report import sweep as sweeps
 
 # metric -> (label, higher is better, scale for display); `score` is each task's own metric (accuracy for multiple
 # choice, the first of a generative task's lm-eval metrics), shown when the tasks' metrics differ
@@ -61,6 +62,7 @@ class ArmData:
     evaluated: dict[str, set] = field(default_factory=dict)  # task -> ids of the evaluated items
     mix: dict[str, float] = field(default_factory=dict)
     item_ids: dict[str, list] = field(default_factory=dict)  # task -> the evaluated items' doc_ids, in order
+    item_keys: dict[str, list] = field(default_factory=dict)  # task -> the items' ids in the eval index, in order
 
 
 def _short(task: str) -> str:
@@ -152,6 +154,7 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
                 data.scores.setdefault(metric, {})[t] = x
             data.evaluated[t] = {r["id"] for r in per_seed[0][t] if r.get("id")}
             data.item_ids[t] = ids
+            data.item_keys[t] = [r.get("id") for r in per_seed[0][t]]
         arms[arm["name"]] = data
     if problems:
         raise ReportError("cannot build the report:\n  " + "\n  ".join(problems))
@@ -187,6 +190,37 @@ def _cell(value: float, delta: stats.Delta | None, scale: float, higher: bool) -
 
 
 def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
+    """The report in `out`; with scales, a full report per scale (out/scale-<name>/) and on top the rankings and
+    their agreement across scales (scales.md) beside the largest scale's report."""
+    if not recipe.get("scales"):
+        return _build_one(plan, recipe, out, n_boot)[0]
+    per, data = {}, {}
+    for sc in recipe["scales"]:
+        per[sc["name"]], data[sc["name"]] = _build_one(plan, scales.scaled_dict(recipe, sc),
+                                                       out / f"scale-{sc['name']}", n_boot, tag=f"-{sc['name']}")
+    names = list(per)
+    largest = per[names[-1]]
+    arms = [a["name"] for a in recipe["arms"]]
+    agree, md = {}, []
+    for metric in _decision_metrics(largest["metrics"]):
+        label, higher, scale = metric_info(metric)
+        agree[metric] = scales.agreement({sc: {a: data[sc][scales.arm_at(a, sc)].scores[metric] for a in arms}
+                                          for sc in names}, arms, higher, n_boot)
+        md.append(scales.table(agree[metric], label, lambda x, s=scale: _value(x, s)))
+    results = {**largest, "scales": {"names": names, "largest": names[-1], "agreement": agree}}
+    out.mkdir(parents=True, exist_ok=True)
+    scales_md = "\n".join(md)
+    (out / "scales.md").write_text(scales_md)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "report.md").write_text(
+        f"# {plan.experiment}: {len(names)} scales ({', '.join(names)})\n\nEvery scale's full report: "
+        f"{', '.join(f'scale-{n}/report.md' for n in names)}. Below: the agreement across scales, then the report of "
+        f"the largest scale.\n\n{scales_md}\n" + (out / f"scale-{names[-1]}" / "report.md").read_text())
+    return results
+
+
+def _build_one(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000,
+               tag: str = "") -> tuple[dict, dict[str, ArmData]]:
     rep = recipe.get("report") or {}
     baseline = rep.get("baseline", "baseline")
     controls = [c for c in rep.get("controls", []) if c != baseline]
@@ -263,6 +297,16 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
         for n, s in con["sources"].items()}}
     con_md = contamination.table(con, tasks, _short, (recipe.get("decontamination") or {}).get("ngram", 13))
     (out / "contamination.md").write_text(con_md)
+    decide_md = _decide(recipe, arms, rows_of, refs, groups, shown, con, results, n_boot, out)
+    (out / "decisions.md").write_text(decide_md)
+    sweep_md = _sweeps(recipe, arms, shown, results, n_boot)
+    (out / "sweep.md").write_text(sweep_md)
+    results["costs"] = costs.collect(plan, recipe, {a.name: a.tokens_by_source for a in arms.values()})
+    lead_label, _, lead_scale = metric_info(shown[0])
+    costs_md = costs.table(results["costs"], {n: d["average"]["delta"] for n, d in
+                                              results["comparisons"][f"{shown[0]}_vs_{baseline}"].items()},
+                           baseline, lead_label, lead_scale)
+    (out / "costs.md").write_text(costs_md)
     with open(out / "comparisons.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows_csv[0]) if rows_csv else ["metric"])
         w.writeheader()
@@ -272,15 +316,156 @@ def build(plan: Plan, recipe: dict, out: Path, n_boot: int = 2000) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from harness.report import plots
 
-    plots.write_all(plan, recipe, arms, results, out, groups)
+    plots.write_all(plan, recipe, arms, results, out)
     report_md = (f"# {plan.experiment}\n\n{len(recipe['seeds'])} training seed(s) per arm; 95% intervals from a paired "
                  f"bootstrap over items and seeds ({n_boot} replicates); bold: significantly better, italic: "
                  f"significantly worse than the reference.{BASE_NOTE if base else ''}\n\n" +
-                 "\n\n".join(tables_md) + "\n\n" + tokens_md + "\n" + synthetic_md + "\n" + con_md)
+                 "\n\n".join(tables_md) + "\n\n" + decide_md + "\n" + sweep_md + "\n" + tokens_md + "\n" +
+                 costs_md + "\n" + synthetic_md + "\n" + con_md)
     (out / "report.md").write_text(report_md)
     if (recipe.get("wandb") or {}).get("mode", "disabled") != "disabled":
-        _log_wandb(recipe, plan, rows_of, rows_csv, out)
-    return results
+        _log_wandb(recipe, plan, rows_of, rows_csv, out, tag)
+    return results, arms
+
+
+def _decision_metrics(shown: list[str]) -> list[str]:
+    """The metrics the decision statistics and the sweep fits cover: the report's lead metric and, where every task
+    has it, the continuous one (bits per byte)."""
+    return list(dict.fromkeys([shown[0]] + (["gold_bpb"] if "gold_bpb" in shown else [])))
+
+
+def _decide(recipe: dict, arms: dict[str, ArmData], rows_of: dict[str, ArmData], refs: list[str],
+            groups: dict[str, list[str]], shown: list[str], con: dict, results: dict, n_boot: int,
+            out_dir: Path) -> str:
+    """How sure each comparison is (report/decisions.py) and the deltas on the clean items: the items that no
+    source any arm trains on matched (sources that were not checked are named)."""
+    matched: dict[str, set] = {}
+    for src in con["sources"].values():
+        for t, ids in src.get("matched", {}).items():
+            matched.setdefault(t, set()).update(ids)
+    keys = next(iter(arms.values())).item_keys
+    clean = decisions.clean_columns(keys, {t: matched.get(_short(t), set()) for t in keys})
+    n_all, n_clean = sum(len(m) for m in clean.values()), sum(int(m.sum()) for m in clean.values())
+    unchecked = sorted(n for n, s in con["sources"].items() if not s["checked"] and s["kind"] != "seed_render")
+    md = ["## Decision statistics", "",
+          f"Estimators: README, \"Reading the decision statistics\". Clean items: the {n_clean} of {n_all} evaluated "
+          "items that no arm's training data matched" + (f" (not checked: {', '.join(unchecked)})" if unchecked else
+                                                         "") + ".", ""]
+    out: dict = {"clean_items": n_clean, "items": n_all, "unchecked": unchecked}
+    for metric in _decision_metrics(shown):
+        label, higher, scale = metric_info(metric)
+        per = out[metric] = {"snr": decisions.signal_to_noise({n: a.scores[metric] for n, a in arms.items()}),
+                             "vs": {}}
+        for ref in refs:
+            rows, clean_rows = {}, {}
+            for a in arms.values():
+                if a.name == ref:
+                    continue
+                b = rows_of[ref].scores[metric]
+                sure = decisions.compare(a.scores[metric], b, groups, b_fixed=rows_of[ref] is not arms.get(ref))
+                delta = results["comparisons"][f"{metric}_vs_{ref}"][a.name]
+                rows[a.name] = {"sureness": {t: s.to_dict() for t, s in sure.items()}, "delta": delta}
+                if n_clean == n_all:  # nothing matched: the clean subset is every item
+                    d = delta["average"]
+                else:
+                    kept = [t for t in sorted(a.scores[metric]) if clean[t].any()]
+                    d = vars(stats.compare({t: a.scores[metric][t][:, clean[t]] for t in kept},
+                                           {t: b[t][:, clean[t]] for t in kept}, n_boot=n_boot)[-1])
+                    d["delta"] = d.pop("estimate")
+                cols = list(a.scores[metric])
+                clean_rows[a.name] = {"delta": d["delta"], "low": d["low"], "high": d["high"],
+                                      "items": sum(int(clean[t].sum()) for t in cols),
+                                      "all_items": sum(len(clean[t]) for t in cols)}
+            per["vs"][ref] = {"arms": rows, "clean": clean_rows}
+            md.append(decisions.table(label, scale, ref, rows, clean_rows))
+        md.append(decisions.snr_table(label, scale, per["snr"], _short))
+    results["decisions"] = out
+    _decisions_csv(out, out_dir)
+    return "\n".join(md)
+
+
+def _decisions_csv(out: dict, folder: Path) -> None:
+    """Every comparison's statistics per task, group and the average (decisions.md shows the average)."""
+    cols = ["metric", "arm", "reference", "task", "delta", "se", "smallest_detectable", "seed_sd_arm", "seed_sd_ref",
+            "seeds_arm", "seeds_ref", "seeds_for_significance", "significant_now", "estimable"]
+    with open(folder / "decisions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for metric, per in out.items():
+            if not isinstance(per, dict) or "vs" not in per:
+                continue
+            for ref, v in per["vs"].items():
+                for arm, r in v["arms"].items():
+                    for t, x in r["sureness"].items():
+                        w.writerow([metric, arm, ref, _short(t), x["delta"], x["se"], x["mde"], *x["seed_sd"],
+                                    *x["seeds"], x["seeds_for_significance"], x["enough_now"], x["estimable"]])
+
+
+def _sweeps(recipe: dict, arms: dict[str, ArmData], shown: list[str], results: dict, n_boot: int) -> str:
+    """Each curve (report/sweep.py) - a source's share, or a knob of a synthetic set at one share: the fit, the
+    best share or value with its interval or why none is named, and the repetition each point implies."""
+    knobbed = {k: c for k, c in sweeps.knob_curves(recipe).items() if all(n in arms for n, _ in c["points"])}
+    in_knobs = {n for c in knobbed.values() for n, _ in c["points"]}
+    cur = {s: {"source": s, "points": pts, "knob": None}
+           for s, pts in sweeps.curves(recipe["arms"], results["baseline"], in_knobs).items()
+           if all(n in arms for n, _ in pts)}
+    cur.update(knobbed)
+    results["sweeps"] = {}
+    md = ["## At which share", ""]
+    if not cur:
+        return "\n".join(md + ["No arm raises one source's share over the baseline's: no curve to fit.", ""])
+    md += ["Model: each arm's average over the tasks is a quadratic in the share (least squares over the arms' "
+           "means, the baseline at share 0; a line with two shares) - or, for a knob swept at one share, in the "
+           "knob's value; 95% intervals from the paired bootstrap, the curve refitted on every replicate. README: "
+           "\"Share sweeps\".", ""]
+    tokens, max_epochs = float(recipe["data"]["tokens"]), float(recipe["data"]["max_epochs"])
+    metrics = _decision_metrics(shown)
+    for key, c in cur.items():
+        names, xs = [n for n, _ in c["points"]], np.array([x for _, x in c["points"]])
+        knob = c["knob"]
+        what = knob or "share"
+        # each point's set and the tokens of it the arm trains on: the source itself, or the knob's copy of it
+        sets = c["sets"] if knob else [c["source"]] * len(names)
+        share = [c["share"]] * len(names) if knob else list(xs)
+        unique = [arms[n].unique_by_source.get(st, {}).get("unique") for n, st in zip(names, sets)]
+        # the largest share the set allows within data.max_epochs (a knob's next values: unknown sizes, no bound)
+        allowed = None if knob else \
+            min(1.0, max_epochs * max(u or 0 for u in unique) / tokens) if any(unique) else 1.0
+        points = [{"arm": n, "x": float(x), **({"value": float(x)} if knob else {"share": float(x)}),
+                   "epochs": (sh * tokens / u) if u and sh else 0.0}
+                  for n, x, sh, u in zip(names, xs, share, unique)]
+        entry = results["sweeps"][key] = {"source": c["source"], "knob": knob, "share": c.get("share"),
+                                          "points": points, "unique": unique[-1], "allowed": allowed, "fits": {}}
+        head = " | ".join(metric_info(m)[0] for m in metrics)
+        title = f"{c['source']}: {knob} at a share of {c['share']:.1%}" if knob else c["source"]
+        md += [f"### {title}", "", f"| {what} | arm | epochs | {head} |", "|---|---|---|" + "---|" * len(metrics)]
+        for metric in metrics:
+            label, higher, scale = metric_info(metric)
+            point, reps = sweeps.replicates({n: arms[n].scores[metric] for n in names}, names, n_boot)
+            f = sweeps.fit(xs, point, reps, higher, upto=min(allowed or np.inf, 2 * float(xs.max())), what=what)
+            f["values"] = point.tolist()
+            if f["best"] is not None and not knob and unique[-1]:
+                f["best_epochs"] = f["best"] * tokens / unique[-1]
+                f["repetition_warning"] = f["best_epochs"] > max_epochs
+            entry["fits"][metric] = f
+        for k, p in enumerate(points):
+            vals = " | ".join(_value(entry["fits"][m]["values"][k], metric_info(m)[2]) for m in metrics)
+            md.append(f"| {p['x']:g} | {p['arm']} | {p['epochs']:.2f} | {vals} |" if knob else
+                      f"| {p['x']:.1%} | {p['arm']} | {p['epochs']:.2f} | {vals} |")
+        md.append("")
+        fmt = (lambda x: f"{x:.3g}") if knob else (lambda x: f"{x:.1%}")
+        for metric in metrics:
+            f, (label, _, _) = entry["fits"][metric], metric_info(metric)
+            if f["best"] is None:
+                md.append(f"- best {what} by {label}: not identified ({f['not_identified']}).")
+                continue
+            seen = "" if "best_epochs" not in f else f"; {c['source']} seen {f['best_epochs']:.2f} times there" + (
+                f" - WARNING: more than data.max_epochs ({max_epochs:g}); the set would have to grow"
+                if f["repetition_warning"] else "")
+            md.append(f"- best {what} by {label}: {fmt(f['best'])} [{fmt(f['best_low'])}, {fmt(f['best_high'])}] "
+                      f"(inside the tested range in {f['interior_share']:.0%} of replicates){seen}.")
+        md.append("")
+    return "\n".join(md)
 
 
 def table_metrics(arm: ArmData) -> list[str]:
@@ -327,16 +512,18 @@ def run_links(plan: Plan) -> dict:
     return links
 
 
-def _log_wandb(recipe: dict, plan: Plan, arms: dict[str, ArmData], rows: list[dict], out: Path) -> None:
+def _log_wandb(recipe: dict, plan: Plan, arms: dict[str, ArmData], rows: list[dict], out: Path,
+               tag: str = "") -> None:
     """One W&B run for the report, in the experiment's group: per arm/seed/task scores, the comparison table, the
     report's files as an artifact, and the runs it was made from (config `runs.<arm>.<seed>.train|eval.id`)."""
     import wandb
 
     from harness import tracking
 
-    experiment = plan.experiment
-    links = run_links(plan)
-    run = tracking.init_run(recipe["wandb"], out, group=experiment, name=f"{experiment}-report", job_type="report",
+    experiment = plan.experiment + tag  # tag: the scale of a per-scale report
+    links = {a: r for a, r in run_links(plan).items() if a in arms}
+    run = tracking.init_run(recipe["wandb"], out, group=plan.experiment, name=f"{experiment}-report",
+                            job_type="report",
                             config={"experiment": experiment, "baseline": recipe["report"]["baseline"],
                                     "seeds": ",".join(map(str, recipe["seeds"])), "runs": links})
     if run is None:

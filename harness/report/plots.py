@@ -1,5 +1,5 @@
-"""PNG plots of a report: the average metric against the arm's synthetic share (with intervals), per task group,
-and the training loss of every arm (mean over seeds)."""
+"""PNG plots of a report: each source's curve (the average metric against the share it raises over the baseline,
+with intervals, the fit and its band), and the training loss of every arm (mean over seeds)."""
 
 from __future__ import annotations
 
@@ -9,40 +9,21 @@ from pathlib import Path
 import numpy as np
 
 
-def write_all(plan, recipe, arms, results, out: Path, groups: dict[str, list[str]]) -> list[Path]:
+def write_all(plan, recipe, arms, results, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    corpora = set(recipe.get("corpora", {}))
     written = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    shown = results.get("metrics") or list(results["values"])
-    for ax, metric in zip(axes, ("acc_norm" if "acc_norm" in shown else shown[0], "gold_bpb")):
-        values = results["values"][metric]
-        first = next(iter(values.values()))
-        cols = [c for c in results["columns"] if c in ("seeded", "held_out", "generative", "average") and c in first]
-        for col in cols:
-            xs, ys, lo, hi = [], [], [], []
-            for name, a in arms.items():
-                share = sum(v for s, v in a.mix.items() if s not in corpora)
-                xs.append(share)
-                ys.append(values[name][col])
-                # +-1.96 standard errors of the column's mean over training seeds
-                members = [t for t in groups.get(col, list(a.scores[metric])) if t in a.scores[metric]]
-                m = np.mean([a.scores[metric][t].mean(axis=1) for t in members], axis=0)
-                se = float(m.std(ddof=1) / np.sqrt(len(m))) if len(m) > 1 else 0.0
-                lo.append(values[name][col] - 1.96 * se)
-                hi.append(values[name][col] + 1.96 * se)
-            order = np.argsort(xs)
-            xs, ys = np.array(xs)[order], np.array(ys)[order]
-            err = np.abs(np.array([np.array(lo)[order], np.array(hi)[order]]) - ys)
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=col)
-        ax.set_xlabel("synthetic share of the token budget")
-        ax.set_ylabel(f"{metric} (bars: +-1.96 s.e. over seeds)")
-        ax.legend()
-    written.append(_save(fig, out / "metric_vs_share.png"))
+    sweeps = results.get("sweeps") or {}
+    shares = {k: e for k, e in sweeps.items() if not e.get("knob")}
+    written.append(_curves(plt, arms, shares, "share of the token budget raised over the baseline's",
+                           out / "metric_vs_share.png"))
+    for key, e in sweeps.items():  # a knob swept at one share: a figure of its own (another x axis)
+        if e.get("knob"):
+            written.append(_curves(plt, arms, {key: e}, f"{e['knob']} (at a share of {e['share']:.1%})",
+                                   out / f"metric_vs_{e['source']}_{e['knob']}.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm in recipe["arms"]:
@@ -60,6 +41,40 @@ def write_all(plan, recipe, arms, results, out: Path, groups: dict[str, list[str
     ax.legend()
     written.append(_save(fig, out / "training_loss.png"))
     return written
+
+
+def _curves(plt, arms, curves: dict, xlabel: str, path: Path) -> Path:
+    """One panel per metric: each curve's points (+-1.96 standard errors over seeds), its fit and 95% band, and its
+    best point where one is identified."""
+    from harness.report.build import metric_info
+
+    metrics = list(next(iter(curves.values()))["fits"]) if curves else []
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        label, higher, scale = metric_info(metric)
+        for key, entry in curves.items():
+            f = entry["fits"][metric]
+            xs = np.array([p["x"] for p in entry["points"]])
+            se = []
+            for p in entry["points"]:  # the spread of the arm's average over its training seeds
+                m = np.mean([x.mean(axis=1) for x in arms[p["arm"]].scores[metric].values()], axis=0)
+                se.append(float(m.std(ddof=1) / np.sqrt(len(m))) if len(m) > 1 else 0.0)
+            line = ax.errorbar(xs, np.array(f["values"]) * scale, yerr=1.96 * np.array(se) * scale, marker="o",
+                               capsize=3, linestyle="none", label=key)
+            grid = np.array(f["grid"])
+            shown = grid <= xs.max() + 1e-12
+            colour = line[0].get_color()
+            ax.plot(grid[shown], np.array(f["curve"])[shown] * scale, color=colour, lw=1)
+            ax.fill_between(grid[shown], np.array(f["band_low"])[shown] * scale,
+                            np.array(f["band_high"])[shown] * scale, color=colour, alpha=0.15)
+            if f["best"] is not None:
+                ax.axvline(f["best"], color=colour, ls=":", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric}, average (bars: +-1.96 s.e. over seeds)")
+        models = sorted({e["fits"][metric]["model"] for e in curves.values()})
+        ax.set_title(f"{label}: {'/'.join(models)} fit, 95% band", fontsize=9)
+        ax.legend()
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

@@ -30,6 +30,19 @@ def test_variance_components_are_the_two_way_layout():
     assert decisions.seed_var(x[:1]) is None and decisions.resid_var(x[:1]) is None
 
 
+def test_the_item_term_leaves_out_the_seed_by_item_noise():
+    """var(d_i) holds the arms' item-level difference (what more seeds cannot remove) and each arm's seed-by-item
+    noise over its seeds (what they can): the item term is the first alone."""
+    rng = np.random.default_rng(13)
+    n, tau, noise = 4000, 0.1, 0.3
+    items = rng.normal(0, 1, n)
+    a = _arm(rng, items + rng.normal(0, tau, n), 0.02, noise, 3)
+    b = _arm(rng, items, 0.02, noise, 3)
+    assert decisions.item_var(a, b) * n == pytest.approx(tau ** 2, rel=0.2)
+    d = a.mean(axis=0) - b.mean(axis=0)
+    assert d.var(ddof=1) == pytest.approx(tau ** 2 + 2 * noise ** 2 / 3, rel=0.1)  # what the correction removes
+
+
 def test_standard_error_matches_the_bootstrap_and_the_smallest_detectable_effect_is_2_8_of_it():
     rng = np.random.default_rng(1)
     items = rng.normal(0, 1, 400)

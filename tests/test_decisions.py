@@ -309,6 +309,8 @@ def test_a_sweep_at_two_scales_end_to_end(tmp_path, cli):
     assert all(isinstance(v, int) and 40 < v <= 240 for v in proposed["sr"]["values"])
     code, out = cli("history", "--store", tmp_path / "runs", "--json")
     rows = json.loads(out)
+    srow = next(x for x in rows if x["arm"] == "qa_30" and x["scale"] == "s")  # each scale's own report
+    assert srow["delta"] == small["comparisons"]["acc_vs_base.s"]["qa_30.s"]["average"]
     assert {(x["arm"], x["scale"]) for x in rows if x["scale"]} == \
         {(a, s) for a in list(values) + ["sr_per_task_cap40", "sr_per_task_cap120"] for s in ("s", "m")}
 
@@ -369,3 +371,14 @@ def test_noise_alone_never_names_a_best_share():
         if "inside the range" in f["not_identified"]:
             assert not f["bends"]
     assert named == [None] * 10
+
+
+def test_the_decisions_recipe_validates_and_plans(cli, tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "decisions_cpu.yaml"
+    code, out = cli("plan", recipe, "--store", tmp_path / "store")
+    assert code == 0, out
+    for sid in ("render/seedqa", "blend/seedqa_40.m/seed2", "train/baseline.s/seed1", "eval/seedqa_5.m/seed1"):
+        assert sid in out
+    assert "88 stages" in out

@@ -22,6 +22,11 @@ def _decision(d: dict, sure: dict | None, higher: bool, scale: float) -> str:
     return "no difference detected" + (f" (smallest detectable: {shown})" if mde is not None else "")
 
 
+def _scale_results(exp, scale: str) -> dict | None:
+    saved = exp / "report" / f"scale-{scale}" / "results.json"
+    return json.loads(saved.read_text()) if saved.is_file() else None
+
+
 def collect(store: Store, source: str | None = None, task: str | None = None) -> list[dict]:
     """One row per arm (and scale) of every experiment, filtered to the arms that train on `source` and, with
     `task`, the deltas on that task (short or full name) instead of the average."""
@@ -47,22 +52,21 @@ def collect(store: Store, source: str | None = None, task: str | None = None) ->
                        "mix": {s: v for s, v in arm["mix"].items() if v > 0}, "seeds": recipe.get("seeds", [1]),
                        "baseline": arm["name"] == baseline, "metric": None, "column": None, "delta": None,
                        "decision": "no report yet"}
-                if results is not None and (scale is None or scale == results.get("scales", {}).get("largest")):
-                    metric = results["metrics"][0]
+                res = results if scale is None else _scale_results(exp, scale)  # each scale's own report
+                if res is not None:
+                    metric = res["metrics"][0]
                     _, higher, shown = metric_info(metric)
                     column = "average"
                     if task:
-                        column = next((c for c in results["columns"] if c == task or _short(c) == task), None)
-                    comp = results["comparisons"].get(f"{metric}_vs_{results['baseline']}", {}).get(label, {})
+                        column = next((c for c in res["columns"] if c == task or _short(c) == task), None)
+                    comp = res["comparisons"].get(f"{metric}_vs_{res['baseline']}", {}).get(label, {})
                     d = comp.get(column) if column else None
-                    sure = (((results.get("decisions") or {}).get(metric) or {}).get("vs", {})
-                            .get(results["baseline"], {}).get("arms", {}).get(label, {}).get("sureness", {})
+                    sure = (((res.get("decisions") or {}).get(metric) or {}).get("vs", {})
+                            .get(res["baseline"], {}).get("arms", {}).get(label, {}).get("sureness", {})
                             .get(column or "", None))
                     row.update(metric=metric, column=column, delta=d,
-                               decision="reference" if label == results["baseline"] else
+                               decision="reference" if label == res["baseline"] else
                                "task not evaluated" if column is None else _decision(d, sure, higher, shown))
-                elif results is not None:
-                    row["decision"] = "see the scale's report"
                 rows.append(row)
         if results is not None:
             for key, entry in (results.get("sweeps") or {}).items():

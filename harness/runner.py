@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import sys
 import time
 import traceback
@@ -66,9 +67,10 @@ def _begin_attempt(partial: Path) -> int:
     if past and past[-1]["outcome"] == "running":
         last = max((p.stat().st_mtime for p in partial.rglob("*") if p.is_file() and p.name != ATTEMPTS),
                    default=past[-1]["started"])
-        _append(partial, {"attempt": past[-1]["attempt"], "ended": max(last, past[-1]["started"]), "outcome": "killed"})
+        _append(partial, {"attempt": past[-1]["attempt"], "ended": max(last, past[-1]["started"]),
+                          "outcome": "killed"})
     n = len(past) + 1
-    _append(partial, {"attempt": n, "started": time.time(), "host": __import__("socket").gethostname(),
+    _append(partial, {"attempt": n, "started": time.time(), "host": socket.gethostname(),
                       "job": os.environ.get("SLURM_JOB_ID"), **devices()})
     return n
 

@@ -80,8 +80,8 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     assert u["passages"] == 4 and u["generations"] == 4
     assert uv.get("verified", 0) + uv.get("failed_verification", 0) == u["after_screen"] and not uv.get("unverified")
     assert u["kept"] == uv.get("verified", 0)
-    if u["after_screen"]:
-        assert u["verification_by_type"]["open"]["checked"] == u["after_screen"]
+    # every pair past the screen was checked, whatever its form (open, or multiple choice with its options inline)
+    assert sum(t["checked"] for t in u["verification_by_type"].values()) == u["after_screen"]
     uf = _result(plan, "filter/uqa")
     items = _lines(plan.dir(plan.by_id("filter/uqa")) / "items.jsonl")
     assert len(items) == uf["kept"] and all(it["task"] == "unseeded" and it["seed_id"] is None for it in items)

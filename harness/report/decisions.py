@@ -148,8 +148,11 @@ def clean_columns(item_keys: dict[str, list], matched: dict[str, set]) -> dict[s
     return {t: np.array([k not in matched.get(t, set()) for k in keys], dtype=bool) for t, keys in item_keys.items()}
 
 
-def _num(x: float, scale: float) -> str:
-    return f"{x * scale:.2f}" if scale != 1 else f"{x:.4f}"
+def _num(x: float, scale: float, sign: str = "") -> str:
+    """As the report's tables print values (and, with sign "+", deltas)."""
+    from harness.report.build import _value
+
+    return _value(x, scale, sign)
 
 
 def verdict(s: dict) -> str:
@@ -178,9 +181,10 @@ def table(metric_label: str, scale: float, ref: str, rows: dict[str, dict], clea
         sds = "; ".join("fixed model" if n == 0 else "n/a (1 seed)" if sd is None else
                         f"{_num(sd, scale)} ({n - 1} df)" for sd, n in zip(s["seed_sd"], s["seeds"]))
         c = clean.get(arm)
-        cl = "-" if c is None else (f"{_num(c['delta'], scale)} [{_num(c['low'], scale)}, {_num(c['high'], scale)}] "
-                                    f"({c['items']} of {c['all_items']})")
-        lines.append(f"| {arm} | {_num(d['delta'], scale)} [{_num(d['low'], scale)}, {_num(d['high'], scale)}] | "
+        cl = "-" if c is None else (f"{_num(c['delta'], scale, '+')} [{_num(c['low'], scale, '+')}, "
+                                    f"{_num(c['high'], scale, '+')}] ({c['items']} of {c['all_items']})")
+        lines.append(f"| {arm} | {_num(d['delta'], scale, '+')} [{_num(d['low'], scale, '+')}, "
+                     f"{_num(d['high'], scale, '+')}] | "
                      f"{sds} | {_num(s['mde'], scale)} | {verdict(s)} | {cl} |")
     return "\n".join(lines) + "\n"
 

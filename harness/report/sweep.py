@@ -77,9 +77,8 @@ def expand(recipe, bad) -> None:
     """Add each sweep's arms (and a knob sweep's copies of its set) to the recipe; an arm already there with the
     same mix is kept, so that a saved, expanded recipe loads again unchanged. Problems go to bad(key, message)."""
     import copy
-    import difflib
 
-    from harness.recipe import ArmConfig
+    from harness.recipe import ArmConfig, _did_you_mean
 
     if not recipe.sweep:
         return
@@ -101,8 +100,7 @@ def expand(recipe, bad) -> None:
     for k, sw in enumerate(recipe.sweep):
         key = f"sweep[{k}]"
         if sw.source not in sources:
-            near = difflib.get_close_matches(sw.source, list(sources), n=1)
-            bad(f"{key}.source", f"unknown source '{sw.source}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            bad(f"{key}.source", f"unknown source '{sw.source}'{_did_you_mean(sw.source, sources)}")
             continue
         replaces = sw.replaces or max(base.mix, key=lambda s: base.mix[s])
         if replaces not in base.mix:
@@ -114,9 +112,8 @@ def expand(recipe, bad) -> None:
         limit = base.mix[replaces]
         if sw.knob is not None:
             if sw.knob not in knobs() or sw.source not in recipe.synthetic:
-                near = difflib.get_close_matches(sw.knob, knobs(), n=1)
-                bad(f"{key}.knob", f"'{sw.knob}' is not a numeric key of a synthetic set" +
-                    (f" (did you mean '{near[0]}'?)" if near else f" ({', '.join(knobs())})")
+                near = _did_you_mean(sw.knob, knobs()) or f" ({', '.join(knobs())})"
+                bad(f"{key}.knob", f"'{sw.knob}' is not a numeric key of a synthetic set{near}"
                     if sw.source in recipe.synthetic else f"'{sw.source}' is a corpus: only a synthetic set has knobs")
                 continue
             if sw.shares:

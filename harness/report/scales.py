@@ -36,6 +36,13 @@ def arm_at(arm: str, scale: str) -> str:
     return f"{arm}.{scale}"
 
 
+def _preset(recipe, name: str) -> Path:
+    """A model preset's file, looked up beside the recipe as its own `model:` is."""
+    from harness import recipe as rcp
+
+    return rcp._find_include("models", name, Path(recipe.source).parent if recipe.source else rcp.REPO_RECIPES)
+
+
 def scaled(recipe, scale: ScaleConfig):
     """The recipe at one scale: its model and budget, its arms (and the report's references) named <arm>.<scale>,
     no scales of its own."""
@@ -46,9 +53,7 @@ def scaled(recipe, scale: ScaleConfig):
     sub = copy.deepcopy(recipe)
     sub.scales = []
     if scale.model is not None and scale.model != recipe.model.preset:
-        where = Path(recipe.source).parent if recipe.source else rcp.REPO_RECIPES
-        cfg = OmegaConf.merge(OmegaConf.structured(rcp.ModelConfig),
-                              OmegaConf.load(rcp._find_include("models", scale.model, where)))
+        cfg = OmegaConf.merge(OmegaConf.structured(rcp.ModelConfig), OmegaConf.load(_preset(recipe, scale.model)))
         sub.model = OmegaConf.to_object(cfg)
         sub.model.preset = scale.model
     if scale.tokens is not None:
@@ -92,7 +97,7 @@ def validate(recipe, bad) -> None:
             bad(f"scales[{i}].tokens", f"must be positive, got {s.tokens}")
         if s.model is not None:
             try:
-                rcp._find_include("models", s.model, Path(recipe.source).parent if recipe.source else rcp.REPO_RECIPES)
+                _preset(recipe, s.model)
             except FileNotFoundError as e:
                 bad(f"scales[{i}].model", str(e))
 

@@ -130,6 +130,46 @@ def test_align_is_the_semi_global_edit_distance():
         assert fuzzy.align(p, t)[0] == reference(p, t)
 
 
+def test_template_and_train_split_ngrams_are_excused():
+    """The exact stage's two exclusions, on hand-made items: a 13-word phrase that max_item_freq eval items share
+    (a template) and an item's 13-gram that the task's train split also holds are dropped from the index and counted;
+    the items' other 13-grams still flag a text."""
+    template = "which of the following statements best describes the main idea of this text"  # 13 words
+
+    def phrase(tag: str) -> str:  # 13 words found nowhere else
+        return " ".join(f"{tag}w{j}" for j in range(13))
+
+    # ten items (= max_item_freq) open with the template, two with a phrase of their own; every item then has a
+    # unique 13-word tail: 26 words, so n = 13 and each item has 14 13-grams
+    heads = [template] * 10 + [phrase("h10"), phrase("h11")]
+    evals = [{"id": f"e{i}", "task": "toy", "split": "test", "query": f"{head} {phrase(f'u{i}')}"}
+             for i, head in enumerate(heads)]
+    train = [{"id": "t0", "task": "toy", "split": "train", "query": phrase("u0")}]  # e0's tail, in the train split
+    index = decontam.build(evals, train, n=13, n_min=8, max_item_freq=10, fuzzy_params=None)
+    st = index.stats
+    assert index.ns == [13] and st["unindexed_items"] == 0 and "fuzzy" not in st
+    assert st["ngrams"] == 10 * 13 + 1 + 2 * 14  # the template counted once
+    assert st["ngrams_shared_by_many_items"] == 1 and st["ngrams_in_train_splits"] == 1
+    assert st["ngrams_kept"] == st["ngrams"] - 2 == len(index.hashes)
+
+    filler = "lorem ipsum dolor sit amet consectetur"
+    texts = {"template": f"{filler} {template} {filler}",
+             "train-shared": f"{filler} {phrase('u0')} {filler}",
+             "e5's tail": f"{filler} {phrase('u5')} {filler}",
+             "e0 across template and tail": f"{filler} text {' '.join(phrase('u0').split()[:12])} {filler}"}
+    hits = dict(zip(texts, decontam.Checker(index).matches_each(list(texts.values()))))
+    assert hits["template"] == {} and hits["train-shared"] == {}
+    assert hits["e5's tail"] == {5: phrase("u5")}
+    assert hits["e0 across template and tail"] == {0: "text " + " ".join(phrase("u0").split()[:12])}
+
+    # the same items without the exclusions: the template flags all ten items, the train-shared tail flags e0
+    kept = decontam.build(evals, [], max_item_freq=11, fuzzy_params=None)
+    assert kept.stats["ngrams_shared_by_many_items"] == 0 and kept.stats["ngrams_in_train_splits"] == 0
+    again = decontam.Checker(kept).matches_each([texts["template"], texts["train-shared"]])
+    assert sorted(again[0]) == list(range(10)) and set(again[0].values()) == {template}
+    assert again[1] == {0: phrase("u0")}
+
+
 @pytest.mark.parametrize("edit", EDITS)
 def test_lightly_edited_items_are_caught(index_and_docs, short_evals, edit):
     _, index, _, _ = index_and_docs

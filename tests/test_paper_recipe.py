@@ -98,8 +98,16 @@ def test_training_scripts_span_two_nodes_of_eight_gpus_and_requeue(rendered):
         d = _directives(train)
         assert {"--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--requeue",
                 "--signal=B:USR1@300", "--time=24:00:00"} <= d, d
+        # the rest of the profile's train entry, a log that a requeued run appends to, and nothing else
+        assert {"--cpus-per-task=12", "--mem=0", "--open-mode=append", "--job-name=nemotron_task_seeded.train",
+                f"--chdir={Path.cwd()}"} <= d, d
+        (log,) = [x for x in d if x.startswith("--output=")]
+        assert log.endswith("/nemotron_task_seeded/slurm/logs/nemotron_task_seeded.train-%A_%a.out"), log
+        assert sorted(x.split("=")[0] for x in d) == [
+            "--array", "--chdir", "--cpus-per-task", "--gpus-per-node", "--job-name", "--mem", "--nodes",
+            "--ntasks-per-node", "--open-mode", "--output", "--partition", "--requeue", "--signal", "--time"], d
     train = trains[-1]
-    assert list(d) and [x for x in train.splitlines() if x.startswith("#SBATCH")] == \
+    assert [x for x in train.splitlines() if x.startswith("#SBATCH")] == \
         sorted(x for x in train.splitlines() if x.startswith("#SBATCH")), "directives are sorted"
     assert "source .venv/bin/activate" in train
     assert "aftercorr:JOB" in train.splitlines()[3], "train task i waits for blend task i"

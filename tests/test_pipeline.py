@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 from conftest import base_recipe, junk_recipe, make_docs, write_jsonl, write_recipe
 from harness import recipe as rcp
 from harness.plan import Plan, build
@@ -98,9 +99,22 @@ def test_blend_realises_shares_and_is_deterministic(tmp_path, cli):
     c_tokens, _ = order(2, tmp_path / "c3")
     assert a_tokens == b_tokens and a_ids == b_ids, "same seed, same sample order"
     assert a_tokens != c_tokens, "another seed gives another order"
-    # the published seed-1 blend used the same order
-    s1 = plan.dir(plan.by_id("blend/mixed/seed1")) / "cache"
-    assert any(s1.rglob("*dataset_index.npy"))
+    # the published seed-1 blend used the same order: megatron's cached train indices (files named by a hash of
+    # the dataset config, seed included: the blend's dataset_index/dataset_sample_index, each source's document,
+    # sample and seed-dependent shuffle indices) are the ones the rebuild wrote, entry for entry
+    def train_indices(cache):
+        return {p.name: np.load(p) for p in cache.glob("*-train-*.npy")}
+
+    published = train_indices(plan.dir(plan.by_id("blend/mixed/seed1")) / "cache")
+    rebuilt = train_indices(tmp_path / "c1")
+    assert sorted(published) == sorted(rebuilt), "the published blend was built from another config (seed?)"
+    kinds = sorted(n.split("-", 1)[1] for n in published)
+    assert kinds == sorted(["BlendedDataset-train-dataset_index.npy", "BlendedDataset-train-dataset_sample_index.npy"]
+                           + [f"GPTDataset-train-{k}_index.npy" for k in ("document", "sample", "shuffle")] * 2), kinds
+    for name, arr in published.items():
+        assert np.array_equal(arr, rebuilt[name]), f"published {name} differs from the rebuild"
+    (ds_index,) = [v for n, v in published.items() if n.endswith("-dataset_index.npy")]
+    assert ds_index[:200].tolist() == a_ids and len(ds_index) == m1["samples"]
 
 
 def test_too_many_epochs_refused_with_amount(tmp_path, cli):

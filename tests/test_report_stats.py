@@ -47,6 +47,27 @@ def test_seed_noise_widens_the_interval_and_no_difference_is_not_significant():
     assert (d.high - d.low) > 1.0 * se
 
 
+def test_seed_effect_alone_gives_the_interval_its_width():
+    """No item noise in the difference: a[s, i] = item[i] + offset_a[s], b[s, i] = item[i] + offset_b[s]. Every
+    paired item resample gives the same delta, so the whole width comes from resampling the seeds: with it the
+    interval is the seed bootstrap's (enumerated exactly below) and a 0.03 gain from four seeds this spread is not
+    significant; resampling items alone would collapse it to [0.03, 0.03]."""
+    items = np.random.default_rng(5).uniform(0.2, 0.8, 300)
+    off_a, off_b = np.array([0.10, -0.05, 0.08, -0.01]), np.array([0.0, 0.02, -0.04, 0.02])
+    a, b = {"t": items[None] + off_a[:, None]}, {"t": items[None] + off_b[:, None]}
+    d = stats.compare(a, b, n_boot=8000, seed=0)[0]
+    assert d.estimate == pytest.approx(0.03, abs=1e-12)
+    se = np.sqrt(off_a.var(ddof=1) / 4 + off_b.var(ddof=1) / 4)  # the seed-level standard error, ~0.038
+    # a normal interval from it would be 2 x 1.96 x se wide (x sqrt(3/4): the bootstrap's plug-in variance)
+    assert d.high - d.low >= 2.0 * se
+    assert d.low < 0 < d.high and not d.significant
+    # the exact seed bootstrap: every resample of each arm's four seeds (4^4 each, equally likely), differenced
+    grid = np.stack(np.meshgrid(*[np.arange(4)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    diffs = np.subtract.outer(off_a[grid].mean(axis=1), off_b[grid].mean(axis=1)).ravel()
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    assert d.low == pytest.approx(low, abs=0.2 * se) and d.high == pytest.approx(high, abs=0.2 * se)
+
+
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="different tasks"):
         stats.compare({"t": np.zeros((1, 3))}, {"u": np.zeros((1, 3))})

@@ -146,6 +146,8 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
                                 f"({sorted(set(s) ^ tasks)})")
         data.scores["score"] = {}
         for t in sorted(tasks):
+            if any(t not in s for s in per_seed):
+                continue  # a seed without the task: refused above
             ids = [r["doc_id"] for r in per_seed[0][t]]
             if any([r["doc_id"] for r in s[t]] != ids for s in per_seed):
                 problems.append(f"arm '{arm['name']}' task {t}: seeds were evaluated on different items")
@@ -571,7 +573,7 @@ def _tables(metric, label, higher, scale, ref, arms, columns, values, deltas, n_
     for name in order:
         cells = [_cell(values[name][c], deltas[name][c] if name in deltas else None, scale, higher)
                  for c in columns]
-        tag = " (reference)" if name == ref else " (before continuation)" if name == BASE else ""
+        tag = " (reference)" if name == ref else " (before continuation)" if with_base and name == BASE else ""
         md.append(f"| {name}{tag} | " + " | ".join(c[0] for c in cells) + " |")
         tex.append(name.replace("_", r"\_") + " & " + " & ".join(c[1] for c in cells) + r" \\")
     tex += [r"\bottomrule", r"\end{tabular}",

@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import json
 import random
 import threading
@@ -107,32 +108,58 @@ def suite_store(tmp_path_factory):
     return tmp
 
 
+@dataclasses.dataclass
+class Reply:
+    """A scripted answer other than a plain completion: an HTTP `status` with `text` as its body (200: a completion
+    of `text`), sent after `delay` seconds (a delay past the client's timeout: a request that times out). A delay
+    ends early when the server stops."""
+
+    status: int = 200
+    text: str = ""
+    delay: float = 0.0
+
+
 @contextlib.contextmanager
-def serving(reply, port: int = 0):
+def serving(reply, port: int = 0, messages: bool = False):
     """An OpenAI-compatible chat endpoint on a loopback port (`port`, or a free one) answering
-    `reply(prompt, temperature)`; stopped (and its thread joined) on exit."""
+    `reply(prompt, temperature)` - prompt: the last user message; with `messages`, `reply(messages, temperature)`
+    gets the whole chat (a prefilled assistant message last) - with the completion's text or a Reply. Stopped on
+    exit: its serving thread and every request's thread joined."""
+    stopping = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # a connection that sends nothing does not hold the server's exit forever
+
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            chat = body["messages"]
             try:
-                text = reply(body["messages"][-1]["content"], body["temperature"])
+                out = reply(chat if messages else next(m["content"] for m in reversed(chat) if m["role"] == "user"),
+                            body["temperature"])
             except Exception as e:  # a broken script shows up in the test's failure, not as a dropped connection
                 self.send_error(400, f"scripted reply failed: {type(e).__name__}: {e}"[:200])
                 return
-            out = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                              "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            out = out if isinstance(out, Reply) else Reply(text=out)
+            if out.delay and stopping.wait(out.delay):
+                return
+            data = out.text.encode() if out.status != 200 else json.dumps(
+                {"choices": [{"message": {"content": out.text}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
+            try:
+                self.send_response(out.status)
+                self.send_header("Content-Type", "application/json" if out.status == 200 else "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timed out) meanwhile
+                pass
 
         def log_message(self, *args):
             pass
 
     class Server(ThreadingHTTPServer):
         request_queue_size = 128  # the client opens many connections at once; the default backlog is 5
+        daemon_threads = False  # server_close() joins the requests' threads
 
     httpd = Server(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -140,6 +167,7 @@ def serving(reply, port: int = 0):
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     finally:
+        stopping.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=10)

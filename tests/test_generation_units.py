@@ -123,6 +123,96 @@ def test_request_cache_concurrent_writers(tmp_path, journal):
     cache.close()
 
 
+def test_request_cache_journal_follows_the_filesystem(tmp_path, monkeypatch):
+    """The default journal: WAL where the store's filesystem is local (SQLite says so too), the rollback journal
+    where it is a network filesystem; the type is the one of the longest mount point above the folder."""
+    import contextlib
+    import sqlite3
+    from pathlib import Path
+
+    import psutil
+
+    from harness.generation import cache as rc
+
+    def innermost(path: Path) -> str:  # psutil's reading of the mount table: the longest mount point above `path`
+        target = str(path.resolve())
+        above = [p for p in psutil.disk_partitions(all=True)
+                 if target == p.mountpoint or target.startswith(p.mountpoint.rstrip("/") + "/")]
+        return max(above, key=lambda p: len(p.mountpoint)).fstype
+
+    fs = rc.filesystem_type(tmp_path)
+    nested = [Path("/proc/self/fd")] + [Path(p) for p in ("/dev/shm", "/sys/fs/cgroup") if Path(p).is_dir()]
+    for path in [tmp_path, *nested]:  # mounts inside mounts: /proc (and /dev/shm in /dev) inside /
+        assert rc.filesystem_type(path) == innermost(path), path
+    assert rc.filesystem_type(Path("/proc/self/fd")) == "proc"
+    assert fs not in rc.NETWORK_FS, f"{tmp_path} is on {fs}: this test needs a local temporary folder"
+    local = rc.RequestCache(tmp_path / "local" / "requests.sqlite", "model")
+    try:
+        assert local.journal == "wal" and local.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        local.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "local" / "requests.sqlite")) as db:  # WAL stays in the file
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"nfs", "nfs4", "lustre", "gpfs", "cifs", "beegfs"} <= rc.NETWORK_FS
+    seen = []
+    monkeypatch.setattr(rc, "filesystem_type", lambda path: seen.append(path) or "nfs4")
+    shared = rc.RequestCache(tmp_path / "shared" / "requests.sqlite", "model")
+    try:
+        assert seen == [tmp_path / "shared"], "decided from the folder that holds the file"
+        assert shared.journal == "delete" and shared.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        shared.close()
+    forced = rc.RequestCache(tmp_path / "forced" / "requests.sqlite", "model", journal="wal")  # a caller may force it
+    try:
+        assert forced.journal == "wal" and forced.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        forced.close()
+
+
+def test_openai_client_retries_429_5xx_and_timeouts_but_not_400():
+    """The same request answered 429, then 503, then 200 gets the 200's text; one that times out once is asked
+    again; each retry is counted; a 400 is the request's own fault: recorded at once, not retried; a server that
+    keeps failing stops the stage with a clear error after max_retries."""
+    import collections
+    import threading
+
+    from harness.generation.backends import BackendOptions, GenerationError, Request, make
+
+    from conftest import Reply, serving
+
+    calls, lock = collections.Counter(), threading.Lock()
+    script = {"busy": [Reply(429, "slow down"), Reply(503, "overloaded"), "the third answer"],
+              "slow": [Reply(text="too late", delay=5.0), "in time"],
+              "bad": [Reply(400, "prompt too long")] + ["never asked"] * 5,
+              "down": [Reply(502, "bad gateway")] * 5}
+
+    def reply(prompt, temperature):
+        with lock:
+            calls[prompt] += 1
+            return script[prompt][calls[prompt] - 1]
+
+    def ask(backend, prompt):
+        got = []
+        backend.generate([Request(prompt, (("user", prompt),), 16, 0.0, 1.0, 1)], lambda r, c: got.append(c))
+        assert len(got) == 1
+        return got[0]
+
+    with serving(reply) as url:
+        backend = make("openai", BackendOptions(model="scripted", base_url=url, concurrency=2, timeout=1.0,
+                                                max_retries=3))
+        backend.backoff_base = 0.01  # no recipe option sets the back-off: the class attribute, on this instance
+        busy = ask(backend, "busy")
+        assert busy.text == "the third answer" and busy.error is None and calls["busy"] == 3
+        assert backend.retries == 2
+        slow = ask(backend, "slow")
+        assert slow.text == "in time" and calls["slow"] == 2 and backend.retries == 3
+        bad = ask(backend, "bad")
+        assert calls["bad"] == 1 and backend.retries == 3, "a 400 is not retried"
+        assert bad.text == "" and bad.error == "HTTP 400: prompt too long"
+        with pytest.raises(GenerationError, match=r"failed request down after 3 retries: HTTP 502: bad gateway"):
+            ask(backend, "down")
+        assert calls["down"] == 4 and backend.retries == 6
+
 def _seed(i: int, task: str = "t", **kw) -> dict:
     return {"seed_id": f"{task}/train/{i}", "task": task, "subtask": task, "description": "science",
             "question": f"Which of these is item number {i}?", "context": None,

@@ -5,6 +5,7 @@ random answers pass a wrongly keyed item under the recipe's bound (a same-model 
 two-option ones)."""
 
 import collections
+import contextlib
 import hashlib
 import json
 import random
@@ -14,15 +15,17 @@ import threading
 
 import pytest
 
-from harness.generation import verification
+from harness.generation import parse as fmt
+from harness.generation import pipeline, verification
 from harness.generation.backends import BackendOptions, make
 from harness.generation.cache import RequestCache
 from harness.generation.driver import Driver
 from harness.generation.pipeline import Sampling
 from harness.generation.prompts import Templates
 from harness.plan import Plan
+from harness.seeds import render
 
-from conftest import base_recipe, serving, write_recipe
+from conftest import Reply, base_recipe, serving, write_recipe
 
 LETTER = re.compile(r"^([A-H])\. (.*)$", re.M)
 
@@ -74,16 +77,23 @@ def _item(marker: str, options: int) -> dict:
             "choices": choices, "answer_index": 0, "answer_text": "the key", "context": None}
 
 
-def _run(tmp_path, url, items, cfg):
-    cache = RequestCache.for_stage(tmp_path, "verify", "scripted")
+@contextlib.contextmanager
+def _driver(tmp_path, url, name="verify"):
+    """A real Driver, request cache and openai client against `url`; all closed on exit."""
+    cache = RequestCache.for_stage(tmp_path, name, "scripted")
     opts = BackendOptions(model="scripted", base_url=url, concurrency=4, timeout=10, max_retries=0, batch_size=4,
                           chunk_size=None, engine={})
     driver = Driver(cache, lambda stack: make("openai", opts), logging.getLogger("test"))
     try:
-        return verification.verify(items, cfg, driver, Templates(), Sampling(0.8, 0.95, 64, 3))
+        yield driver
     finally:
         driver.close()
         cache.close()
+
+
+def _run(tmp_path, url, items, cfg):
+    with _driver(tmp_path, url) as driver:
+        return verification.verify(items, cfg, driver, Templates(), Sampling(0.8, 0.95, 64, 3))
 
 
 def test_scripted_votes_give_the_documented_decisions(tmp_path, server):
@@ -139,6 +149,54 @@ def test_protocol_bounds_the_chance_that_random_answers_pass():
 ])
 def test_open_answers_match_by_normalised_words(reply, key, ok):
     assert verification.matches_key(reply, key) is ok
+
+
+GOOD = "The key is right: it is the only option that names what the question asks about."
+EXPLANATIONS = {  # the explainer's reply, by the marker word in the item's question
+    "good": f"  {GOOD[:40]}\n   {GOOD[40:]}  ",  # whitespace is collapsed: kept as GOOD
+    "short": "x" * 19,  # under 20 characters
+    "shortest": "y" * 20,
+    "longest": "z" * 600,
+    "long": "w" * 601,  # over 600 characters
+    "leaky": "It is the key because of the river. Question: which river floods in autumn?",  # writes a new item
+    "refused": Reply(400, "prompt too long"),  # refused by the server
+}
+
+
+def test_enrichment_keeps_only_usable_explanations_and_renders_them_before_the_answer(tmp_path):
+    """enrich asks for one explanation per item (the item and its answer shown) and keeps it only if the server
+    answered, it is 20 to 600 characters long (whitespace collapsed) and it writes no new question; the rendered
+    text shows it before the answer, in both layouts, and an item without one renders without it."""
+    asked = {}
+
+    def reply(prompt, temperature):
+        marker = re.search(r"Question: (\w+) question", prompt).group(1)
+        asked[marker] = prompt
+        return EXPLANATIONS.get(marker, GOOD)
+
+    items = [_item(m, 4) for m in EXPLANATIONS] + [{**_item("plain", 0), "item_id": "plain-open#0",
+                                                    "question": "plain question: which river floods in spring?"}]
+    with serving(reply) as url, _driver(tmp_path, url, "enrich") as driver:
+        counts = pipeline.enrich(items, driver, Templates(), Sampling(0.8, 0.95, 64, 3))
+        assert driver.counts["generated"] == len(items) and driver.counts["refused"] == 1
+    assert 'explain why "the key" is the correct answer' in asked["good"] and "A. the key" in asked["good"]
+    assert "Passage: The Elm floods." in asked["plain"], "the passage an item is about is shown"
+    got = {it["item_id"]: it["explanation"] for it in items}
+    assert got == {"good4#0": GOOD, "short4#0": None, "shortest4#0": "y" * 20, "longest4#0": "z" * 600,
+                   "long4#0": None, "leaky4#0": None, "refused4#0": None,
+                   "plain-open#0": GOOD}
+    assert counts == {"explained": 4, "explanation_missing": 4}
+
+    for layout in ("mc", "qa"):
+        for it in items:
+            (doc,), _ = render.render([it], layout, 1, seed=1)
+            answer = doc.index("\nAnswer: ")
+            if it["explanation"] is None:
+                assert "Explanation:" not in doc, doc
+                continue
+            assert doc[answer - len(it["explanation"]) - len("\nExplanation: "):answer] == \
+                f"\nExplanation: {it['explanation']}", (layout, doc)
+            assert doc.count("Explanation:") == 1 and doc.index("Question: ") < answer
 
 
 class Counted:
@@ -211,3 +269,114 @@ def test_a_separate_verifier_votes_and_lineage_shows_its_votes(tmp_path, suite_s
     assert code == 0, out
     assert "kept" in out and "votes per option" in out and "(3 of 3 needed; random answers pass" in out
     assert "passed: parsed, screened, verified, deduplicated, decontaminated" in out
+
+
+class ItemWriter(Counted):
+    """A scripted generator that writes one well-formed item of the kind each task-seeded prompt asks for: as many
+    options (or endings) as the prompt names, a yes/no answer (after a passage of its own where asked), or a short
+    answer; continuing the prefilled start of the answer ("Question:" or "Passage:"). Its words come from the
+    prompt's hash (so near-duplicate filtering keeps the items apart)."""
+
+    VOCAB = ["river", "stone", "cloud", "metal", "forest", "engine", "planet", "seed", "magnet", "glacier", "valley",
+             "copper", "battery", "insect", "harbour", "lantern", "orbit", "crystal", "meadow", "tide", "pebble",
+             "falcon", "quartz", "walnut", "violin", "saddle", "compass", "thimble", "kettle", "marble"]
+
+    def __init__(self):
+        super().__init__()
+        self.prefills = collections.Counter()
+
+    def reply(self, messages, temperature):
+        with self.lock:
+            self.calls += 1
+            start = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+            self.prefills[start] += 1
+        prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+
+        def w(k: int) -> str:
+            return " ".join(rng.sample(self.VOCAB, k))
+
+        if "Example yes/no questions" in prompt:
+            own = '"Passage:" with a short passage' in prompt
+            text = (f"Passage: The {w(3)} lies near the {w(3)}. Every {w(2)} is kept apart from it.\n" if own else "") \
+                + f"Question: is the {w(4)} older than the {w(3)}?\nAnswer: {rng.choice(['yes', 'no'])}"
+        elif m := re.search(r"(\d+) different (?:options|endings) ([A-H]) to ([A-H])", prompt):
+            n = int(m.group(1))
+            assert "ABCDEFGH"[n - 1] == m.group(3), prompt
+            options = [f"the {w(2)} {i}" for i in range(n)]
+            text = f"Question: Which {w(5)} would the {w(2)} need?\n" + \
+                "\n".join(f"{'ABCDEFGH'[i]}. {o}" for i, o in enumerate(options)) + \
+                f"\nAnswer: {'ABCDEFGH'[rng.randrange(n)]}"
+        else:
+            assert "Example questions with short answers" in prompt, prompt
+            text = f"Question: What does the {w(4)} hold?\nAnswer: the {w(2)}"
+        assert text.startswith(start), (start, text)
+        return text[len(start):]
+
+
+def test_live_sharded_task_seeded_generation_parses_items_of_each_seeds_kind(tmp_path, suite_store, cli):
+    """The generate stage live (nothing from the request cache), split into two shards, against a scripted generator
+    that continues each prefilled request with a well-formed item of the kind asked for: every request is answered,
+    items are parsed, each of its seed's type and option count with its answer among its options and its seed in
+    the stage's shard; the shards' counts add up to the set and the filter merges them."""
+    writer = ItemWriter()
+    tasks = ["offline_arc_easy", "offline_boolq", "offline_winogrande"]
+    with serving(writer.reply, messages=True) as url:
+        r = base_recipe(tmp_path, store=str(suite_store / "runs"), experiment="liveshards",
+                        synthetic={"livetsqa": {"kind": "task_seeded", "tasks": tasks, "per_task_cap": 3,
+                                                "samples_per_seed": 2, "fewshot": 2, "enrich": False,
+                                                "verification": {"enabled": False}}},
+                        generator={"backend": "openai", "server": url, "model": "scripted-live-item-writer",
+                                   "max_tokens": 96, "max_retries": 0, "concurrency": 8, "prefill": True,
+                                   "shards": 2})
+        r["arms"].append({"name": "livetsqa", "mix": {"web": 0.9, "livetsqa": 0.1}})
+        code, out = cli("run", write_recipe(tmp_path / "r.yaml", r), "--only", "filter/livetsqa")
+        assert code == 0, out
+    plan = Plan.load(suite_store / "runs" / "liveshards" / "plan.json")
+    seeds_spec = plan.by_id("seeds/livetsqa")
+    seeds = {s["seed_id"]: s for s in map(json.loads, (plan.dir(seeds_spec) / "seeds.jsonl").read_text().splitlines())}
+    kinds = {sid: fmt.item_type(s) for sid, s in seeds.items()}
+    assert len(seeds) == 9 and set(kinds.values()) == {"mc", "completion", "yesno"}
+    assert len({len(s["choices"]) for s in seeds.values() if kinds[s["seed_id"]] != "yesno"}) > 1, \
+        "seeds with different option counts"
+    assert writer.calls == 2 * len(seeds) and set(writer.prefills) == {"Question:", "Passage:"}
+
+    results, shard_items = [], []
+    for i in range(2):
+        spec = plan.by_id(f"generate/livetsqa/shard{i}")
+        m = plan.store.manifest("generate", spec.digest)["result"]
+        results.append(m)
+        assert m["shard"] == [i, 2] and m["requests"]["cached"] == m["requests"]["found_in_other_caches"] == 0
+        assert m["requests"]["generated"] == m["requests"]["requests"] == m["generations"] > 0, "asked live"
+        assert m["parsed"] == m["generations"] and not m["malformed"], m["malformed"]
+        assert m["kept"] == m["after_screen"] > 0
+        mine = {sid for sid in seeds if pipeline.shard_of_id(sid, 2) == i}  # a shard's seeds: split by seed id
+        gens = [json.loads(line) for line in (plan.dir(spec) / "generations.jsonl").read_text().splitlines()]
+        assert {g["seed_id"] for g in gens} == mine and m["seeds"] == len(mine) > 0
+        items = [json.loads(line) for line in (plan.dir(spec) / "items.jsonl").read_text().splitlines()]
+        assert len(items) == m["kept"] and [it["item_id"] for it in items] == sorted(it["item_id"] for it in items)
+        for it in items:
+            seed = seeds[it["seed_id"]]
+            assert it["seed_id"] in mine and it["task"] == seed["task"], it
+            assert it["type"] == kinds[it["seed_id"]], (it, seed)
+            n = 2 if it["type"] == "yesno" else len(seed["choices"])
+            assert len(it["choices"]) == n and it["choices"][it["answer_index"]] == it["answer_text"], (it, seed)
+            assert it["provenance"]["generator"].endswith("scripted-live-item-writer")
+            if it["type"] == "yesno":
+                assert it["answer_text"] in ("yes", "no") and it["context"], it
+        shard_items.append(items)
+    assert {it["type"] for items in shard_items for it in items} == {"mc", "completion", "yesno"}
+    assert sum(m["generations"] for m in results) == 2 * len(seeds)
+    assert sum(m["seeds"] for m in results) == len(seeds)
+
+    fspec = plan.by_id("filter/livetsqa")
+    f = plan.store.manifest("filter", fspec.digest)["result"]
+    assert f["generated"]["shards"] == 2 and f["generated"]["parsed"] == sum(m["parsed"] for m in results)
+    assert f["input"] == sum(m["kept"] for m in results)
+    assert f["kept"] + sum(f["deduplicated"].values()) + f["decontaminated"] == f["input"] and f["kept"] > 0
+    merged = [json.loads(line) for line in (plan.dir(fspec) / "items.jsonl").read_text().splitlines()]
+    by_id = {it["item_id"]: it for items in shard_items for it in items}
+    assert len(merged) == f["kept"] and [it["item_id"] for it in merged] == sorted(it["item_id"] for it in merged)
+    assert all(it["item_id"] in by_id and it["answer_text"] == by_id[it["item_id"]]["answer_text"] for it in merged)
+    assert {it["seed_id"] for it in merged} & {it["seed_id"] for it in shard_items[0]} and \
+        {it["seed_id"] for it in merged} & {it["seed_id"] for it in shard_items[1]}, "both shards' items"

@@ -197,6 +197,89 @@ def test_interrupted_training_requeues_and_resumes_to_the_same_losses(toy, clust
         assert abs(a["loss"] - b["loss"]) <= 1e-6, (a, b)
 
 
+def test_with_max_requeues_0_an_interrupted_training_is_not_requeued(toy, cluster):
+    """profile.slurm.max_requeues 0: a training job that saved on the time-limit signal stops there - its job
+    fails with the stage's status 75, its log says why it was not requeued, and nothing is published."""
+    from harness.executors.slurm import Slurm
+
+    tmp, path, conf, *_ = toy
+    store = tmp / "runs"
+    stage = "train/base/seed1"
+    # the toy's published tokenizer and blend, one process, batches of one sequence: 100 short steps, so that
+    # training is surely still running when the signal comes
+    harness("submit", path, conf, "experiment=norequeue", "profile.slurm.max_requeues=0",
+            "train.micro_batch_size=1", "train.global_batch_size=1", "--only", stage)
+    jobs = ledger(store, "norequeue")
+    assert [j["stages"] for j in jobs] == [[stage]], jobs
+    task = jobs[0]["job_id"]
+    try:
+        assert "(max_requeues 0)" in Path(jobs[0]["script"]).read_text()
+        plan = Plan.load(store / "norequeue" / "plan.json")
+        spec = plan.by_id(stage)
+        partial = plan.store.partial_dir(spec.kind, spec.digest)
+        deadline = time.time() + 300
+        while not _metrics(partial / "metrics.jsonl") and time.time() < deadline:
+            time.sleep(0.2)
+        assert _metrics(partial / "metrics.jsonl"), "training did not start"
+        cluster.cmd("scancel", "--batch", "--signal=USR1", task)  # what --signal=B:USR1@N sends before the limit
+        st = harness("status", "norequeue", "--store", store, "--wait", 300, check=False)
+        assert st.returncode == 1, st.stdout[-3000:]
+        job = Slurm(str(cluster.conf)).jobs([task])[task]
+        assert (job["state"], job["restarts"], job["exit_code"]) == ("FAILED", 0, "75:0"), job
+        assert cluster.sacct([task])[task] == "FAILED"
+        log = Path(jobs[0]["log"].replace("%j", task)).read_text()
+        assert "not requeued: 0 restarts (max_requeues 0)" in log and "exited with status 75" in log, log[-3000:]
+        assert "restart 1)" not in log
+        saved = _metrics(partial / "metrics.jsonl")[-1]["step"]
+        assert f"interrupted: saved step {saved}" in (partial / "train.log").read_text() and saved < 100
+        assert not plan.is_cached(spec) and not plan.dir(spec).exists()
+    finally:
+        cluster.cmd("scancel", task)
+
+
+def test_submit_skips_queued_stages_and_cancel_cancels_them(cluster, tmp_path):
+    """Held jobs: a second submit submits nothing (their stages are queued already) and says which stages it left
+    alone; `harness cancel` cancels every one of them, and nothing is published."""
+    from harness import recipe as rcp
+    from harness.executors import slurm
+
+    r = base_recipe(tmp_path, profile="local-cluster", train=TRAIN, experiment="held")
+    r["data"].update(tokens=12_800, seq_length=128)
+    r["tokenizer"].update(vocab_size=2000, train_on=["web"])
+    path = write_recipe(tmp_path / "held.yaml", r)
+    conf = f"profile.slurm.conf={cluster.conf}"
+    store = tmp_path / "runs"
+    harness("submit", path, conf, "--only", "blend", "--hold")
+    jobs = ledger(store, "held")
+    ids = [j["job_id"] for j in jobs]
+    try:
+        stages = sorted(s for j in jobs for s in j["stages"])
+        assert stages == ["blend/base/seed1", "blend/mixed/seed1", "tokenize/qa", "tokenize/web", "tokenizer"]
+        again = harness("submit", path, conf, "--only", "blend")  # not held: anything it submitted would run
+        assert "submitted 0 job(s) for 0 stage(s); 0 published, 5 already queued or running" in again.stdout, \
+            again.stdout
+        assert ledger(store, "held") == jobs
+        plan = Plan.load(store / "held" / "plan.json")
+        saved = rcp.load(store / "held" / "recipe.yaml", check_files=False)
+        res = slurm.submit(plan, saved.profile, ["blend"], echo=lambda *a, **k: None)  # what the CLI counted
+        assert res.groups == [] and res.skipped_active == stages and res.cancelled == []
+        assert ledger(store, "held") == jobs
+
+        cancelled = harness("cancel", "held", "--store", store).stdout
+        tasks = [f"{j['job_id']}_{i}" if j["array"] else j["job_id"] for j in jobs for i in range(len(j["stages"]))]
+        assert f"cancelled {len(tasks)} job(s): {', '.join(tasks)}" in cancelled, cancelled
+        st = harness("status", "held", "--store", store).stdout
+        assert "5 CANCELLED" in st, st
+        states = cluster.sacct(ids)
+        assert states and all(v.startswith("CANCELLED") for v in states.values()), states
+        assert {k.split("_")[0] for k in states} == set(ids), states
+        assert not any(plan.is_cached(plan.by_id(s)) for s in stages)
+        assert not list(store.glob("_stages/*/*/manifest.json"))
+        assert "0 job(s)" in harness("cancel", "held", "--store", store).stdout  # nothing left to cancel
+    finally:
+        cluster.cmd("scancel", *{j["job_id"] for j in ledger(store, "held")})
+
+
 def test_grouping_and_dependencies_without_a_cluster(tmp_path):
     """Arrays per kind and depth; aftercorr where task i needs task i; afterok on the precise tasks otherwise; a
     job recorded for an earlier version of a stage (another digest) is not that stage's job."""

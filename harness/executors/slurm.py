@@ -36,6 +36,7 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "stage.sbatch.j2"
 DEFAULT_RESOURCES = rcp.SlurmResources(nodes=1, gpus_per_node=0, cpus_per_task=1, mem="4G", time="04:00:00")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "SUSPENDED",
           "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+NO_VAL = "4294967294"  # scontrol's ArrayTaskId of an array whose tasks all ended before they started (cancelled)
 NEVER = ("DependencyNeverSatisfied", "InvalidDependency")  # pending reasons of a job that will never start
 
 
@@ -87,6 +88,8 @@ class Slurm:
                    "restarts": int(f.get("Restarts", 0)), "exit_code": f.get("ExitCode", ""),
                    "nodes": f.get("NodeList", "(null)")}
             if "ArrayJobId" in f:
+                if f.get("ArrayTaskId") == NO_VAL:  # no task left pending: the array's own record (below)
+                    out.setdefault(f["ArrayJobId"], rec)
                 for task in _expand_range(f.get("ArrayTaskId", "")):
                     out[f"{f['ArrayJobId']}_{task}"] = rec
             else:
@@ -104,6 +107,9 @@ class Slurm:
                 last = recs[-1]
                 out.setdefault(jid, {"state": last[1].split()[0], "reason": last[5], "elapsed": last[3],
                                      "restarts": len(recs) - 1, "exit_code": last[2], "nodes": last[4]})
+        for i in ids:  # a task cancelled while pending leaves no record of its own: its array's record tells
+            if i not in out and i.split("_")[0] in out:
+                out[i] = out[i.split("_")[0]]
         return out
 
 

@@ -498,13 +498,12 @@ def tokenize(inputs: List[Path] = typer.Argument(..., help="files, folders or gl
     """Tokenize any corpus into Megatron .bin/.idx (a faster preprocess_data); resumable, output byte-stable."""
     import shutil
 
-    from harness import recipe as rcp
     from harness.data import tokenize as tk
-    from harness.data.readers import ReadStats, read_corpus
+    from harness.data.readers import ReadStats, expand_paths, read_corpus
     from harness.data.tokenizer import describe, tokenizer_file, train_bpe as _train
 
-    files = rcp.expand_paths([str(p) for p in inputs])
-    missing = [str(p) for p in inputs if not rcp.expand_paths([str(p)])]
+    files = expand_paths([str(p) for p in inputs])
+    missing = [str(p) for p in inputs if not expand_paths([str(p)])]
     if missing:
         _fail(f"no file matches {', '.join(missing)}")
     if (tokenizer is None) == (train_bpe == 0):
@@ -548,6 +547,8 @@ def blend(sources: List[str] = typer.Argument(..., help="PREFIX=SHARE for each t
           eod_token: str = typer.Option("<|endoftext|>"),
           cache: Path = typer.Option(Path("blend-cache"), help="where megatron's sample indices are written")):
     """Compute blend weights for a token budget, build the blend with megatron.core and print the realised shares."""
+    import math
+
     from harness.data import blend as bl
     from harness.data.tokenizer import MegatronTokenizer, describe, tokenizer_file
 
@@ -560,11 +561,16 @@ def blend(sources: List[str] = typer.Argument(..., help="PREFIX=SHARE for each t
             shares[prefix] = float(share)
         except ValueError:
             _fail(f"'{s}': share '{share}' is not a number")
+        if not (math.isfinite(shares[prefix]) and shares[prefix] >= 0):  # named: the sum may still be 1 (or nan)
+            _fail(f"'{s}': a share must be a finite number >= 0")
+        if prefix in prefixes:
+            _fail(f"'{s}': {prefix} is given twice")
         if not Path(prefix + ".idx").is_file():
             _fail(f"'{s}': no indexed dataset at {prefix}.bin/.idx")
         prefixes[prefix] = prefix
-    if abs(sum(shares.values()) - 1) > 1e-6 or min(shares.values()) < 0:
-        _fail(f"shares must be >= 0 and sum to 1, got {sum(shares.values()):.6g}")
+    if abs(sum(shares.values()) - 1) > 1e-6:
+        _fail(f"shares must be >= 0 and sum to 1, got {sum(shares.values()):.6g} "
+              f"({' + '.join(f'{v:g}' for v in shares.values())})")
     info = describe(tokenizer, eod_token)
     try:
         plans = bl.plan_blend(prefixes, shares, tokens, split, max_epochs)

@@ -8,7 +8,6 @@ Semantic checks (shares, files, names, data sufficiency) run after the merge and
 from __future__ import annotations
 
 import difflib
-import glob
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from harness.data.blend import estimate_problem
+from harness.data.readers import expand_paths
 from harness.evaluation.config import EvalConfig  # noqa: F401  (the recipe's eval section)
 from harness.evaluation.config import validate as validate_eval
 from harness.evaluation.suites import check as check_suite_tasks
@@ -401,19 +401,6 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- validation
-
-
-def expand_paths(patterns: list[str]) -> list[str]:
-    """Files matched by a list of files, globs and folders, sorted within each pattern (a stable order)."""
-    out: list[str] = []
-    for pat in patterns:
-        if any(c in pat for c in "*?["):
-            out.extend(sorted(p for p in glob.glob(pat, recursive=True) if os.path.isfile(p)))
-        elif os.path.isdir(pat):
-            out.extend(sorted(str(p) for p in Path(pat).rglob("*") if p.is_file() and not p.name.startswith(".")))
-        elif os.path.isfile(pat):
-            out.append(pat)
-    return out
 
 
 def _bad_number(x: Any) -> bool:

@@ -219,6 +219,43 @@ def test_wandb_offline_runs_read_back(ablation, cli):
         assert rep["config"][f"runs.{arm}.{seed}.eval.id"] == eval_id != train_id
 
 
+def test_wandb_report_artifact_holds_the_report_files(ablation, cli):
+    """The report run logs one artifact of type `report` whose manifest (read back from the offline run's
+    ArtifactRecord) names every file of the report folder - report.md, results.json, the CSVs, the Markdown and
+    LaTeX tables, the plots - each with the digest and size of the file on disk, and whose own digest is W&B's
+    manifest digest over those entries."""
+    import base64
+    import hashlib
+
+    from wandb_records import read_artifacts
+
+    tmp, _ = ablation
+    rep = tmp / "runs" / "toy" / "report"
+    before = set(rep.glob("wandb/offline-run-*"))
+    code, out = cli("report", "toy", "--store", tmp / "runs")
+    assert code == 0, out
+    [folder] = set(rep.glob("wandb/offline-run-*")) - before  # this report's run
+    arts = read_artifacts(folder)
+    run_id = folder.name.rsplit("-", 1)[1]
+    assert sorted((a["type"], a["name"]) for a in arts if a["type"] != "report") == \
+        [("run_table", f"run-{run_id}-{t}") for t in ("comparisons", "runs", "scores")]  # the logged tables
+    [art] = [a for a in arts if a["type"] == "report"]
+    assert (art["name"], art["manifest_file"]) == ("toy-report", "")  # entries in the record, not in a file
+    files = {f.name: f.read_bytes() for f in rep.iterdir() if f.is_file()}
+    assert {"report.md", "results.json", "comparisons.csv", "decisions.csv", "score_vs_base.md",
+            "acc_norm_vs_base.tex", "tokens.md", "costs.md", "training_loss.png"} <= set(files)
+    assert set(art["entries"]) == set(files), "the artifact holds the report folder's files, no more, no less"
+    for name, entry in art["entries"].items():
+        assert entry["size"] == len(files[name]), name
+        assert entry["digest"] == base64.b64encode(hashlib.md5(files[name]).digest()).decode(), name
+    assert json.loads(files["results.json"])["baseline"] == "base"
+    assert art["digest_algorithm"] in ("", "MANIFEST_MD5"), art["digest_algorithm"]
+    manifest = hashlib.md5(b"wandb-artifact-manifest-v1\n")
+    for name in sorted(art["entries"]):
+        manifest.update(f"{name}:{art['entries'][name]['digest']}\n".encode())
+    assert art["digest"] == manifest.hexdigest()
+
+
 def test_report_refuses_missing_evaluation(tmp_path, ablation, cli):
     tmp, path = ablation
     # a third arm that has not been run: the report must say so, not print a partial table

@@ -4,10 +4,13 @@ manifests, locks, failures that stop dependents, --only and --dry-run."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import base_recipe, junk_recipe, make_docs, write_jsonl, write_recipe
 from harness import recipe as rcp
+from harness.generation import models
 from harness.plan import Plan, build
 from harness.store import Store
 
@@ -193,6 +196,37 @@ def test_quickstart_recipe_validates_and_plans(cli, tmp_path):
         assert sid in out
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not (ROOT / ".cache" / "assets" / "sotu.jsonl").is_file(),
+                    reason="run `harness assets` (make setup) first")
+def test_synthetic_cpu_recipe_validates_and_plans(cli, tmp_path):
+    """recipes/synthetic_cpu.yaml: both generated sets (task-seeded from the suite's train splits, the unseeded
+    control from the corpus) go through generation, the filters (decontaminated against the eval index), rendering
+    and tokenization into their arm's blend; the base corpus is checked against the same index."""
+    recipe = ROOT / "recipes" / "synthetic_cpu.yaml"
+    code, out = cli("validate", recipe)
+    assert code == 0, out
+    assert "experiment 'synthetic_cpu', 3 arm(s) x 1 seed(s), 200,000 tokens per run" in " ".join(out.split()), out
+    code, out = cli("plan", recipe, "--store", tmp_path / "store")
+    assert code == 0, out
+    assert "28 stages: 0 cached, 28 to run" in out, out
+    r = rcp.load(recipe)
+    p = build(r, Store(tmp_path / "store"))
+    for name in ("taskqa", "unseeded"):
+        assert f"passages/{name}" in p.by_id(f"generate/{name}").deps.values()
+        assert set(p.by_id(f"filter/{name}").deps.values()) >= {f"generate/{name}", "decontam_index"}
+        assert set(p.by_id(f"render/{name}").deps.values()) == {f"filter/{name}"}
+        assert set(p.by_id(f"tokenize/{name}").deps.values()) == {f"render/{name}", "tokenizer"}
+        assert f"tokenize/{name}" in p.by_id(f"blend/{name}_5/seed1").deps.values()
+    assert set(p.by_id("passages/taskqa").deps.values()) == {"seeds/taskqa"}  # for the grounded requests
+    assert not p.by_id("passages/unseeded").deps  # the corpus passages it is asked about
+    assert set(p.by_id("contamination/sotu").deps.values()) == {"decontam_index"}
+    assert set(p.by_id("eval/unseeded_5/seed1").deps.values()) >= {"export/unseeded_5/seed1", "suite"}
+    assert r.corpora["sotu"].paths == [str(ROOT / ".cache" / "assets" / "sotu.jsonl")]
+
+
 def test_seed_render_source_from_train_splits(tmp_path, cli):
     r = base_recipe(tmp_path)
     r["synthetic"] = {"seedqa": {"kind": "seed_render", "tasks": ["offline_arc_easy", "offline_winogrande"],
@@ -329,3 +363,33 @@ def test_synthetic_sets_too_small_for_their_share_are_refused_before_generation(
     r["synthetic"]["tsqa"]["tokens_per_request"] = 500  # 10,000 tokens: 1.6 epochs
     code, out = cli("run", write_recipe(tmp_path / "seeded2.yaml", r), "--only", "seeds/tsqa")
     assert code == 0, out
+
+
+SMOLLM2 = models.MODELS / "smollm2-135m-instruct"
+
+
+@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").is_file(), reason="run `harness assets` (make setup) first")
+def test_hf_tokenizer_in_a_recipe(tmp_path, cli):
+    """tokenizer.kind: hf - the recipe's tokenize stage encodes with the given folder's tokenizer: megatron.core
+    reads back, per document, transformers' AutoTokenizer ids of the document followed by the EOD the recipe names
+    (here the instruct model's <|im_end|>, not the default <|endoftext|>)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from transformers import AutoTokenizer
+
+    r = base_recipe(tmp_path, tokenizer={"kind": "hf", "path": str(SMOLLM2), "eod_token": "<|im_end|>"})
+    write_jsonl(tmp_path / "corpora" / "qa.jsonl", make_docs(300, seed=2, mean_words=60) + [
+        "Café naïve façade — “quoted” 東京 🙂", "  leading spaces,\ttabs\nand\r\nline breaks  ", "x" * 3000])
+    path = write_recipe(tmp_path / "r.yaml", r)
+    code, out = cli("run", path, "--only", "tokenize/qa")
+    assert code == 0 and "2 ran" in out, out
+    plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
+    tok_result = plan.store.manifest("tokenizer", plan.by_id("tokenizer").digest)["result"]
+    hf = AutoTokenizer.from_pretrained(SMOLLM2)
+    eod = hf.convert_tokens_to_ids("<|im_end|>")
+    docs = [json.loads(l)["text"] for l in (tmp_path / "corpora" / "qa.jsonl").read_text().splitlines()]
+    want = [ids + [eod] for ids in hf(docs)["input_ids"]]
+    ds = IndexedDataset(str(plan.dir(plan.by_id("tokenize/qa")) / "tokens"))
+    assert ds.index.dtype == np.uint16 and len(ds) == len(docs) == 303
+    got = [ds[i].tolist() for i in range(len(ds))]
+    assert got[-3:] == want[-3:] and got == want
+    assert (tok_result["eod_token"], tok_result["eod_id"], tok_result["vocab_size"]) == ("<|im_end|>", eod, len(hf))

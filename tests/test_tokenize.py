@@ -4,6 +4,7 @@ across workers and shard sizes, and resumable after SIGKILL."""
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,3 +172,102 @@ def test_50mb_corpus_with_a_bad_line(tmp_path, cli, bpe):
     assert summary["documents"] == reps * 2000 and summary["malformed"] == 1
     _, ds = read_megatron(tmp_path / "out")
     assert len(ds) == reps * 2000
+
+
+def test_train_bpe_publishes_the_tokenizer_it_encoded_with(tmp_path, cli):
+    """--train-bpe N: the trained tokenizer is published beside the tokens as PREFIX.tokenizer.json, and it is the
+    one the tokens were made with (re-encoding the documents with it, plus EOD, gives the .bin megatron.core reads)."""
+    docs = make_docs(200, seed=13)
+    write_jsonl(tmp_path / "c.jsonl", docs)
+    code, out = cli("tokenize", tmp_path / "c.jsonl", "--train-bpe", 500, "-o", tmp_path / "out")
+    assert code == 0, out
+    tok_path = tmp_path / "out.tokenizer.json"
+    assert tok_path.is_file() and not (tmp_path / "out.partial").exists()
+    tok = Tokenizer.from_file(str(tok_path))
+    assert tok.get_vocab_size(with_added_tokens=True) == 500
+    eod = tok.token_to_id(EOD)
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert (summary["vocab_size"], summary["eod_id"]) == (500, eod)
+    got, ds = read_megatron(tmp_path / "out")
+    want = [np.array(tok.encode(d, add_special_tokens=False).ids + [eod]) for d in docs]
+    assert len(got) == len(want) == 200 and ds.index.dtype == np.uint16
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert max(int(g.max()) for g in got) > 300, "the documents use the trained merges, not bytes alone"
+
+
+def test_large_vocabulary_is_written_as_int32(tmp_path, cli):
+    """A vocabulary over 65,500 ids (Megatron's uint16 limit) is written as int32, which megatron.core reads as
+    int32 with ids above 65,535 intact."""
+    from tokenizers import models, pre_tokenizers
+
+    n_words = 70_000
+    vocab = {EOD: 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(n_words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "wordlevel.json"))
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(2, n_words + 2, size=rng.integers(5, 60)) for _ in range(80)]
+    ids[0][:4] = [65_535, 65_536, 65_537, n_words + 1]  # just past uint16, and the largest id
+    docs = [" ".join(f"w{i - 2}" for i in doc) for doc in ids]
+    write_jsonl(tmp_path / "c.jsonl", docs)
+    code, out = cli("tokenize", tmp_path / "c.jsonl", "--tokenizer", tmp_path / "wordlevel.json",
+                    "-o", tmp_path / "out")
+    assert code == 0, out
+    assert "(int32)" in out
+    got, ds = read_megatron(tmp_path / "out")
+    assert ds.index.dtype == np.int32
+    assert len(got) == 80 and all(g.dtype == np.int32 for g in got)
+    assert all(np.array_equal(g, np.append(w, 0)) for g, w in zip(got, ids))
+    assert got[0][:4].tolist() == [65_535, 65_536, 65_537, n_words + 1]
+    assert sum(int((g > 65_535).sum()) for g in got) > 100
+
+
+def _blend_rows(out: str) -> dict[str, list[str]]:
+    """The rows of `harness blend`'s table: source -> its cells (share, realised, tokens wanted, ...)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")]
+        cells = [c for c in cells if c]
+        if len(cells) == 6 and cells[0] != "source":
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_blend_cli_realises_shares_and_refuses_bad_ones(tmp_path, cli, bpe):
+    """`harness blend PREFIX=SHARE ...`: the realised shares it prints are those of megatron.core's blend (its
+    dataset index, read back from the cache) and within 1% of the shares asked; a bad source list exits with 2 and
+    names what is wrong, before anything is built."""
+    for name, n, seed in (("a", 400, 21), ("b", 250, 22)):
+        write_jsonl(tmp_path / f"{name}.jsonl", make_docs(n, seed=seed))
+        code, out = cli("tokenize", tmp_path / f"{name}.jsonl", "--tokenizer", bpe, "-o", tmp_path / name)
+        assert code == 0, out
+    a, b, nope = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "nope")
+    common = ("--tokenizer", bpe, "--tokens", 30_000, "--seq-length", 64)
+    code, out = cli("blend", f"{a}=0.75", f"{b}=0.25", *common, "--cache", tmp_path / "cache")
+    assert code == 0, out
+    samples = int(re.search(r"blend of 30,000 tokens \((\d+) samples of 64\)", " ".join(out.split()))[1])
+    assert samples * 64 >= 30_000, "the budget is covered"
+    rows = _blend_rows(out)
+    assert set(rows) == {a, b}, out
+    assert [rows[a][0], rows[b][0]] == ["0.7500", "0.2500"]
+    assert [rows[a][2], rows[b][2]] == ["22,500", "7,500"]  # tokens wanted: share x budget
+    [index] = (tmp_path / "cache").glob("*-BlendedDataset-train-dataset_index.npy")
+    counts = np.bincount(np.load(index), minlength=2)
+    assert counts.sum() == samples
+    for i, (prefix, share) in enumerate(((a, 0.75), (b, 0.25))):
+        realised = float(rows[prefix][1])
+        assert realised == pytest.approx(counts[i] / counts.sum(), abs=5e-5), "the table is megatron's index"
+        assert abs(realised - share) <= max(0.01 * share, 1 / samples)
+
+    for args, culprit in (((f"{a}=0.75", f"{b}=0.5"), "sum to 1, got 1.25 (0.75 + 0.5)"),
+                          ((f"{a}=1.2", f"{b}=-0.2"), f"'{b}=-0.2': a share must be a finite number >= 0"),
+                          ((f"{a}=nan", f"{b}=0.25"), f"'{a}=nan': a share must be a finite number >= 0"),
+                          ((f"{a}=inf", f"{b}=0.25"), f"'{a}=inf': a share must be a finite number >= 0"),
+                          ((f"{a}=0.5", f"{a}=0.5"), f"'{a}=0.5': {a} is given twice"),
+                          ((f"{a}=0.75", f"{nope}=0.25"), f"'{nope}=0.25': no indexed dataset at {nope}.bin/.idx"),
+                          ((f"{a}=0.75", f"{b}=x"), "share 'x' is not a number"),
+                          ((f"{a}=0.75", b), f"'{b}': expected PREFIX=SHARE")):
+        code, out = cli("blend", *args, *common, "--cache", tmp_path / "bad")
+        assert code == 2 and culprit in " ".join(out.split()), (args, out)
+        assert "Traceback" not in out
+    assert not (tmp_path / "bad").exists(), "a refused blend builds nothing"

@@ -78,3 +78,19 @@ def read_run(folder: Path) -> dict:
     run["config"].pop("_wandb", None)
     run["config"] = {k: v for k, v in run["config"].items() if not k.startswith("_wandb.")}
     return run
+
+
+def read_artifacts(folder: Path) -> list[dict]:
+    """The artifacts an offline run logged, in order: per ArtifactRecord its name, type, digest (and the algorithm
+    that made it) and its manifest - per file in the artifact its digest, size and the staged copy W&B uploads."""
+    log = next(Path(folder).glob("run-*.wandb"))
+    out = []
+    for rec in records(log):
+        if rec.WhichOneof("record_type") != "artifact":
+            continue
+        a, m = rec.artifact, rec.artifact.manifest
+        out.append({"name": a.name, "type": a.type, "digest": a.digest, "digest_algorithm": a.digest_algorithm,
+                    "manifest_version": m.version, "manifest_file": m.manifest_file_path,
+                    "entries": {e.path: {"digest": e.digest, "size": e.size, "local_path": e.local_path}
+                                for e in m.contents}})
+    return out

@@ -8,10 +8,12 @@ the shard size. A malformed record is skipped and counted with its file and line
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
@@ -226,3 +228,16 @@ def read_shard(shard: Shard, text_field: str, stats: ReadStats) -> Iterator[str]
 def read_corpus(files: list[str], declared_format: str, text_field: str, stats: ReadStats) -> Iterator[str]:
     for shard in plan_shards(files, declared_format, shard_bytes=2**62):
         yield from read_shard(shard, text_field, stats)
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    """Files matched by a list of files, globs and folders, sorted within each pattern (a stable order)."""
+    out: list[str] = []
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            out.extend(sorted(p for p in glob.glob(pat, recursive=True) if os.path.isfile(p)))
+        elif os.path.isdir(pat):
+            out.extend(sorted(str(p) for p in Path(pat).rglob("*") if p.is_file() and not p.name.startswith(".")))
+        elif os.path.isfile(pat):
+            out.append(pat)
+    return out

@@ -3,7 +3,7 @@ lm-eval's `hf` backend on the export of the same checkpoint, same tasks, same it
 multiple-choice tasks (log-likelihoods) and generative tasks (greedy generation up to the task's stop strings,
 megatron_harness with its KV cache), each with its own ratio.
 
-    python bench/eval.py [--limit 200] [--store runs] [--experiment quickstart] [--kinds mc,generative]
+    python bench/eval.py [--limit 200] [--store runs] [--experiment quickstart] [--kinds mc,generative] [--arm baseline]
     (after `make quickstart`, whose baseline checkpoint it uses; `--experiment generative_cpu`: the SmolLM2-135M
     continuation's, a model whose generations are not degenerate)
 
@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--experiment", default="quickstart")
     ap.add_argument("--kinds", default="mc,generative")
+    ap.add_argument("--arm", default="baseline", help="whose seed-1 checkpoint and export are evaluated")
+    ap.add_argument("--mc-tasks", default="offline_arc_easy,offline_hellaswag,offline_piqa,offline_sciq")
+    ap.add_argument("--generative-tasks", default="offline_arithmetic,offline_triviaqa")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from harness.plan import Plan
@@ -56,13 +59,12 @@ def main() -> None:
     if not plan_path.is_file():
         sys.exit(f"{plan_path} is missing: run `harness run recipes/{args.experiment}.yaml` first")
     plan = Plan.load(plan_path)
-    train = plan.dir(plan.by_id("train/baseline/seed1"))
-    hf = plan.dir(plan.by_id("export/baseline/seed1")) / "hf"
+    train = plan.dir(plan.by_id(f"train/{args.arm}/seed1"))
+    hf = plan.dir(plan.by_id(f"export/{args.arm}/seed1")) / "hf"
     suite = plan.dir(plan.by_id("suite")) / "suite" / "tasks"
     if not (suite / "arithmetic.yaml").is_file():
         sys.exit(f"{suite} predates the generative tasks: run the experiment again")
-    kinds = {"mc": ("multiple choice", "offline_arc_easy,offline_hellaswag,offline_piqa,offline_sciq"),
-             "generative": ("generative", "offline_arithmetic,offline_triviaqa")}
+    kinds = {"mc": ("multiple choice", args.mc_tasks), "generative": ("generative", args.generative_tasks)}
     kinds = dict(kinds[k] for k in args.kinds.split(","))
     env = {**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     for kind, tasks in kinds.items():

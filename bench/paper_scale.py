@@ -133,7 +133,7 @@ def _old_seeded_requests(seeds, cfg, tpl, passages, s):
             shots = [seed] + rng.sample(others, min(len(others), max(0, cfg["fewshot"] - 1)))
             passage = rng.choice(passages) if passages and rng.random() < cfg["context_share"] else None
             n_opt = len(seed["choices"])
-            prompt = tpl.render(f"similar_{kind}", task_description=describe(seed["task"]),
+            prompt = tpl.render(f"similar_{kind}", task_description=describe(seed),
                                 examples=[fmt.show(x, kind) for x in shots], n_options=n_opt,
                                 letters=fmt.LETTERS[:n_opt], passage=passage["text"] if passage else None,
                                 with_passage=False)

@@ -4,6 +4,7 @@ export, lm-eval on the offline suite, report; W&B in offline mode."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,3 +337,15 @@ def test_megatron_backend_matches_hf_per_item(ablation, tmp_path):
                 assert abs(x - y) <= 1e-4, (task, x, y)
                 n += 1
     assert n >= 25 * 4 + 25 * 2
+
+
+def test_eval_benchmark_runs(ablation):
+    """bench/eval.py once at its smallest size on the shared ablation's checkpoint and export (the smoke run of
+    tests/test_benchmarks.py, here because it needs trained models): both kinds of task, both backends."""
+    tmp, _ = ablation
+    bench = Path(__file__).resolve().parent.parent / "bench" / "eval.py"
+    res = subprocess.run([sys.executable, str(bench), "--store", str(tmp / "runs"), "--experiment", "toy",
+                          "--arm", "mixed", "--limit", "4", "--repeat", "1", "--mc-tasks", "offline_sciq",
+                          "--generative-tasks", "offline_arithmetic"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("ratio megatron_harness / hf") == 2, res.stdout

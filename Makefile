@@ -34,11 +34,9 @@ quickstart: setup
 	$(BIN)/harness run recipes/quickstart.yaml
 	@cat runs/quickstart/report/report.md
 
-# two workers, each taking whole files (a module's trained fixture is built once): much of the suite is interpreter
-# start-up, imports and waiting on servers and Slurm, which one core cannot overlap
 test: setup
 	$(BIN)/ruff check --select F --quiet harness tests bench
-	$(BIN)/pytest -q --durations=25 -n 2 --dist loadfile
+	$(BIN)/pytest -q --durations=25
 
 bench: setup
 	$(BIN)/python bench/tokenization.py

@@ -93,10 +93,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--smallest", action="store_true", help="12 steps, one round: a smoke run (CI)")
+    ap.add_argument("--smallest", action="store_true", help="6 steps, one round: a smoke run (CI)")
     args = ap.parse_args()
     if args.smallest:
-        args.steps, args.repeat = 12, 1
+        args.steps, args.repeat = 6, 1
     log_every = 2 if args.steps < 30 else 5
     quick = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:

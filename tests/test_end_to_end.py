@@ -4,6 +4,7 @@ export, lm-eval on the offline suite, report; W&B in offline mode."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +237,11 @@ def test_wandb_report_artifact_holds_the_report_files(ablation, cli):
     code, out = cli("report", "toy", "--store", tmp / "runs")
     assert code == 0, out
     [folder] = set(rep.glob("wandb/offline-run-*")) - before  # this report's run
+    deadline = time.monotonic() + 60
     arts = read_artifacts(folder)
+    while len(arts) < 4 and time.monotonic() < deadline:  # W&B's service may still be writing the run's log
+        time.sleep(1)
+        arts = read_artifacts(folder)
     run_id = folder.name.rsplit("-", 1)[1]
     assert sorted((a["type"], a["name"]) for a in arts if a["type"] != "report") == \
         [("run_table", f"run-{run_id}-{t}") for t in ("comparisons", "runs", "scores")]  # the logged tables

@@ -34,9 +34,13 @@ quickstart: setup
 	$(BIN)/harness run recipes/quickstart.yaml
 	@cat runs/quickstart/report/report.md
 
+# two workers, each taking whole files (a module's trained fixture is built once): much of the suite is interpreter
+# start-up, imports and waiting on servers and Slurm, which one core cannot overlap. (The doubled load once found
+# two real races: a stop signal killing the checkpoint writer's helper as it started, and start.sh giving up
+# silently on a slow slurmctld; both fixed.)
 test: setup
 	$(BIN)/ruff check --select F --quiet harness tests bench
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/tokenization.py

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +204,48 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, trained):
         for k in a:
             if k.startswith("valid/"):
                 assert abs(a[k] - b[k]) <= 1e-6, (a["step"], k, a[k], b[k])
+
+
+BARRAGE = """
+import os, signal, sys, threading, time
+from harness.training import checkpoint
+
+
+def main():
+    ckpt = checkpoint.Checkpointer(distributed_optimizer=False, keep_last=1)  # before the trainer's handlers
+    caught = []
+    signal.signal(signal.SIGTERM, lambda *a: caught.append(1))  # the trainer's stop handler, in short
+    stop = threading.Event()
+
+    def barrage():  # what the stage (killpg) or Slurm sends: every process of the job, again and again
+        while not stop.is_set():
+            os.killpg(0, signal.SIGTERM)
+            time.sleep(0.01)
+    threading.Thread(target=barrage, daemon=True).start()
+    time.sleep(0.5)
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
+    checkpoint._start_writer_helpers()  # what a save does first
+    q = fsa._get_write_results_queue()  # what megatron's writer does
+    q.put("written")
+    print(q.get(timeout=30), len(caught) > 0, flush=True)
+    stop.set()
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_the_checkpoint_writers_helper_outlives_stop_signals_to_the_job(tmp_path):
+    """megatron's checkpoint writer reports through a spawned helper process. A stop signal sent to the job's
+    processes while that helper was still starting killed it, and the save the signal asked for failed (EOFError;
+    seen when the suite ran two workers). The helper now starts with the Checkpointer, and a barrage of SIGTERM
+    to the whole process group during a save leaves it working."""
+    script = tmp_path / "barrage.py"
+    script.write_text(BARRAGE)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0 and res.stdout.split() == ["written", "True"], res.stderr[-3000:]
 
 
 def test_export_logits_match_megatron(trained):

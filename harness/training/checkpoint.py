@@ -68,7 +68,12 @@ def _start_writer_helpers() -> None:
     """dist_checkpointing writes through a helper process (a multiprocessing manager it starts on first use) that
     would die of the SIGTERM/SIGUSR1 asking us to save - Slurm signals every process of a preempted job - and take
     the save down with it. We start that helper ourselves, ignoring those signals, and hand megatron its queue.
-    (Ignoring them here while megatron starts it would drop a signal that lands meanwhile on another thread.)"""
+    (Ignoring them here while megatron starts it would drop a signal that lands meanwhile on another thread.)
+    The helper is a spawned interpreter that takes a second or more to reach its initializer, and a signal sent to
+    the job's processes meanwhile kills it (the save then fails with EOFError); neither a blocked mask nor a
+    handler survives the spawn. So it is started once, when the Checkpointer is made - before the trainer takes
+    over the stop signals, when a signal still simply ends a process that has done nothing yet - and never inside
+    the save that a stop signal asks for."""
     global _writer_manager
     from multiprocessing import get_context
     from multiprocessing.managers import SyncManager
@@ -98,6 +103,7 @@ class Checkpointer:
         self.metadata = OPTIMIZER_METADATA if distributed_optimizer else None
         self.keep_last = keep_last
         self.queue = None
+        _start_writer_helpers()
         if asynchronous:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
@@ -111,7 +117,6 @@ class Checkpointer:
     def save(self, root: Path, step: int, model, optimizer, scheduler, identity: dict, extra: dict) -> Path:
         from megatron.core import dist_checkpointing
 
-        _start_writer_helpers()
         self.wait()  # one save in flight at a time: the newest complete checkpoint is always on disk
         rank = dist.get_rank()
         path = step_dir(root, step)

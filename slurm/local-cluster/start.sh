@@ -143,7 +143,8 @@ done
 
 # ---- ready when both nodes are idle (or busy with our jobs) and accounting answers
 for _ in $(seq 300); do
-  states=$(sinfo -h -N -p batch -o %T 2>/dev/null | sort -u | tr '\n' ' ')
+  # (sinfo fails until slurmctld answers; under set -e and pipefail that failure would end this script silently)
+  states=$(sinfo -h -N -p batch -o %T 2>/dev/null | sort -u | tr '\n' ' ') || states=
   if [[ -n $states && ! $states =~ (down|drain|unknown|not_responding|fail) ]] && sacct -n -X -S now >/dev/null 2>&1; then
     log "ready: nodes ${states% } (state in $STATE)"
     echo "export SLURM_CONF=$ETC/slurm.conf"

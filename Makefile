@@ -29,10 +29,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/harness assets --dest .cache/assets
 	touch $@
 
-# `harness run` writes the report when every evaluation is published and ends on its headline; the full tables follow
+# `harness run` writes the report when every evaluation is published and ends on its headline; the full tables follow.
+# QUICKSTART_STORE (another store) and QUICKSTART_SET (recipe overrides) are for the suite's short variant.
 quickstart: setup
-	$(BIN)/harness run recipes/quickstart.yaml
-	@cat runs/quickstart/report/report.md
+	$(BIN)/harness run recipes/quickstart.yaml $(if $(QUICKSTART_STORE),--store $(QUICKSTART_STORE)) $(QUICKSTART_SET)
+	@cat $(or $(QUICKSTART_STORE),runs)/quickstart/report/report.md
 
 # two workers, each taking whole files (a module's trained fixture is built once): much of the suite is interpreter
 # start-up, imports and waiting on servers and Slurm, which one core cannot overlap. (The doubled load once found
@@ -52,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/local_executor.py
 	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/paper_scale.py
+	$(BIN)/python bench/task_loading.py
 	$(BIN)/harness run recipes/quickstart.yaml && $(BIN)/python bench/eval.py
 
 # GPU nodes (README: On GPU nodes); not used on CPUs. The training environment with a CUDA torch and Transformer

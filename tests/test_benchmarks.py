@@ -30,6 +30,7 @@ SMALLEST = {
     "local_executor.py": (["--arms", "1", "--seeds", "1", "--tokens", "16384"], SOTU),
     "submit.py": (["--repeat", "1"], None),
     "paper_scale.py": (["--smallest"], None),
+    "task_loading.py": (["--tasks", "offline_arc_easy", "--repeat", "1"], SOTU),
 }
 ELSEWHERE = {
     "eval.py": "test_end_to_end.py::test_eval_benchmark_runs (needs trained checkpoints: the shared ablation's)",

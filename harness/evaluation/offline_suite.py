@@ -277,3 +277,33 @@ def write_group(folder: Path, name: str, tasks: list[str], metrics: list[str] = 
 
 def task_dir(root: Path = ROOT / ".cache" / "evals" / "offline") -> Path:
     return root / "tasks"
+
+
+def zero_shot_view(tasks_dir: Path, dest: Path, num_fewshot: int | None) -> Path:
+    """lm-eval makes every task's few-shot sampler when it makes the task, from the whole few-shot split, one Python
+    dict per row, whether a shot is taken or not: about 160k rows and 10 s (2 idle cores) for the quickstart's 11
+    tasks, in every evaluation and seed collection. This writes a copy of a task folder in `dest` where each plain
+    task file that will run zero-shot has an empty few-shot sample list (and no few-shot split), and returns `dest`.
+    Tasks that take shots, groups and files that are not plain task mappings are copied as they are. Zero-shot
+    contexts never read the sampler, so scores are unchanged; only lm-eval's recorded config shows the change.
+    `num_fewshot`: what lm-eval is given (None: each task's own), by lm-eval's rule that a task of 0 shots keeps 0."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(tasks_dir.iterdir()):
+        text = path.read_text() if path.suffix == ".yaml" else None
+        try:
+            spec = yaml.safe_load(text) if text is not None else None
+        except yaml.YAMLError:  # lm-eval's !function tags: not ours to rewrite
+            spec = None
+        if isinstance(spec, dict) and isinstance(spec.get("task"), str) and "include" not in spec \
+                and "fewshot_config" not in spec:
+            own = spec.get("num_fewshot")
+            shots = 0 if own == 0 else (num_fewshot if num_fewshot is not None else (own or 0))
+            if shots == 0:  # (without a few-shot split lm-eval would list its train or validation docs instead)
+                spec.pop("fewshot_split", None)
+                spec["fewshot_config"] = {"samples": []}
+                text = yaml.safe_dump(spec, sort_keys=False)
+        if text is None:
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, dest / path.name)
+        else:
+            (dest / path.name).write_text(text)
+    return dest

@@ -10,8 +10,11 @@ never a letter), explanation (where the task has a worked solution), prompt (the
 from __future__ import annotations
 
 import random
+import tempfile
+from pathlib import Path
 import re
 
+from harness.evaluation.offline_suite import zero_shot_view
 from harness.seeds.normalise import NormaliseError, normalise
 
 
@@ -109,6 +112,13 @@ def collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_s
     each named group, stratified across its subtasks (see `allocate`). With `categories` ({name: {tasks, seeds,
     stratify}}) each category draws its own budget, stratified within it, and its seeds carry its name. A task
     without a training split is refused."""
+    with tempfile.TemporaryDirectory(prefix="tasks-") as view:  # seeds take no shots: no few-shot sampler
+        return _collect(str(zero_shot_view(Path(tasks_dir), Path(view) / "tasks", 0)), names, per_task_cap,
+                        sample_seed, per_group_cap, stratify, categories)
+
+
+def _collect(tasks_dir: str, names: list[str], per_task_cap: int | None, sample_seed: int,
+             per_group_cap: int | None, stratify: str, categories: dict | None) -> tuple[list[dict], dict]:
     from lm_eval.tasks import TaskManager, get_task_dict
 
     tm = TaskManager(include_path=tasks_dir, include_defaults=False)

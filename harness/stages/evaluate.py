@@ -9,8 +9,11 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from harness.evaluation.offline_suite import zero_shot_view
 from harness.stages import Stage, StageContext, register
 
 
@@ -201,12 +204,14 @@ class EvalStage(Stage):
         cfg = ctx.spec.config
         tasks_dir = ctx.inputs["suite"] / ctx.manifests["suite"]["result"]["tasks"]
         hf_dir = ctx.inputs["export"] / "hf"
-        tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-        unknown = [t for t in cfg["tasks"] if t not in tm.all_tasks]
-        if unknown:
-            raise ValueError(f"eval.tasks: unknown task or group {unknown} (known: {sorted(tm.all_tasks)})")
         ctx.log.info("evaluating %s on %s (limit %s)", hf_dir, ", ".join(cfg["tasks"]), cfg["limit"])
+        view = Path(tempfile.mkdtemp(prefix="tasks-"))  # zero-shot tasks without lm-eval's unused sampler
         try:
+            tm = TaskManager(include_path=str(zero_shot_view(tasks_dir, view / "tasks", cfg.get("num_fewshot"))),
+                             include_defaults=False)
+            unknown = [t for t in cfg["tasks"] if t not in tm.all_tasks]
+            if unknown:
+                raise ValueError(f"eval.tasks: unknown task or group {unknown} (known: {sorted(tm.all_tasks)})")
             lm = self._model(cfg, hf_dir, ctx)
             if cfg.get("allow_code_execution"):
                 os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # HF evaluate's code_eval refuses to run code without it
@@ -216,6 +221,8 @@ class EvalStage(Stage):
             seq = json.loads((hf_dir / "config.json").read_text())["max_position_embeddings"]
             raise ValueError(f"an answer in {cfg['tasks']} is longer than the model's context of {seq} tokens; "
                              f"raise data.seq_length or use a tokenizer with a larger vocabulary") from e
+        finally:
+            shutil.rmtree(view, ignore_errors=True)
         samples_dir = ctx.workdir / "samples"
         samples_dir.mkdir()
         per_task = {}

@@ -53,9 +53,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
+    # the cluster's state in /tmp itself: its unix sockets' paths must stay short (start.sh), whatever TMPDIR is
+    with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory(prefix="slurm-", dir="/tmp") as state:
         tmp = Path(d)
-        cluster = LocalCluster(tmp / "cluster").start()
+        cluster = LocalCluster(Path(state) / "cluster").start()
         conf, slurm_env = cluster.conf, cluster.env
         try:
             path = recipe(tmp)

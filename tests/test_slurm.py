@@ -316,3 +316,19 @@ def test_grouping_and_dependencies_without_a_cluster(tmp_path):
     ledger.add({"job_id": "8", "name": "toy.train", "kind": "train", "stages": [stage.id], "digests": [stage.digest],
                 "array": False, "script": "", "dependency": "", "log": "x-%j.out", "submitted": 0})
     assert ledger.current(plan)[stage.id]["task"] == "8" and ledger.current(plan)[stage.id]["log"] == "x-8.out"
+
+
+def test_a_state_directory_too_deep_for_unix_sockets_is_refused_by_name(tmp_path):
+    """munged's socket and slurmd's step sockets live in the cluster's state directory, and a unix socket's path
+    has at most 107 bytes: under pytest-xdist's deeper temporary folders munged refused its socket, and start.sh
+    (set -e) ended without a word. It now refuses such a directory up front, naming it."""
+    from harness.executors.local_cluster import SCRIPTS
+
+    deep = tmp_path / ("d" * max(1, 71 - len(str(tmp_path)) - 1))
+    assert len(str(deep)) > 70
+    try:
+        res = subprocess.run([str(SCRIPTS / "start.sh"), str(deep)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1 and str(deep) in res.stderr and "107 bytes" in res.stderr, res.stderr
+        assert not (deep / "run").exists(), "nothing started"
+    finally:
+        subprocess.run([str(SCRIPTS / "stop.sh"), str(deep), "--purge"], capture_output=True, timeout=120)

@@ -22,6 +22,8 @@ die() { log "error: $*"; exit 1; }
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 [[ $(id -u) == 0 ]] || die "run as root (slurmd must be able to start jobs as any user)"
+# munged's socket and slurmd's step sockets live under STATE, and a unix socket's path has at most 107 bytes
+((${#STATE} <= 70)) || die "the state directory's path is ${#STATE} characters ($STATE): the sockets under it would pass the 107 bytes a unix socket's path may have; use one of at most 70"
 
 # ---- packages (about 10-40 s the first time; nothing is started by the install)
 need=()
@@ -111,7 +113,8 @@ export SLURM_CONF=$ETC/slurm.conf
 [[ -f $STATE/munge/munge.key ]] || { head -c 1024 /dev/urandom >"$STATE/munge/munge.key"; chmod 400 "$STATE/munge/munge.key"; }
 if ! alive "$RUN/munged.pid"; then
   munged --force --socket="$MUNGE_SOCKET" --key-file="$STATE/munge/munge.key" --pid-file="$RUN/munged.pid" \
-    --log-file="$LOG/munged.log" --seed-file="$STATE/munge/munged.seed" 2>>"$LOG/munged.log"
+    --log-file="$LOG/munged.log" --seed-file="$STATE/munge/munged.seed" 2>>"$LOG/munged.log" ||
+    die "munged failed: $(tail -n 1 "$LOG/munged.log")"
 fi
 
 # ---- MariaDB (for slurmdbd only: loopback, its own data directory and socket)

@@ -12,18 +12,6 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 
-# The longest files first (minutes, serially): `make test`'s two workers each take whole files in this order, so a
-# long file started last cannot leave one worker running alone at the end.
-LONGEST_FIRST = ["test_slurm.py", "test_benchmarks.py", "test_training.py", "test_generation.py",
-                 "test_quickstart.py", "test_end_to_end.py", "test_decisions.py", "test_continuation.py",
-                 "test_generative_eval.py", "test_decontam.py"]
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
-
-
 SYLLABLES = ["ka", "lo", "mi", "ter", "on", "ship", "ward", "ness", "ri", "ven", "cal", "dor", "pe", "us", "ta",
              "bre", "sol", "nim", "ax", "quo", "fen", "gra", "hul", "ist"]
 

@@ -36,9 +36,9 @@ quickstart: setup
 	@cat $(or $(QUICKSTART_STORE),runs)/quickstart/report/report.md
 
 # two workers, each taking whole files (a module's trained fixture is built once): much of the suite is interpreter
-# start-up, imports and waiting on servers and Slurm, which one core cannot overlap. (The doubled load once found
-# two real races: a stop signal killing the checkpoint writer's helper as it started, and start.sh giving up
-# silently on a slow slurmctld; both fixed.)
+# start-up, imports and waiting on servers and Slurm, which one core cannot overlap. (Two workers found two real
+# faults: a stop signal killing the checkpoint writer's helper as it started, and start.sh ending without a word
+# when munged refused a socket path too long; both fixed.)
 test: setup
 	$(BIN)/ruff check --select F --quiet harness tests bench
 	$(BIN)/pytest -q --durations=25 -n 2 --dist loadfile

@@ -281,7 +281,7 @@ def task_dir(root: Path = ROOT / ".cache" / "evals" / "offline") -> Path:
 
 def zero_shot_view(tasks_dir: Path, dest: Path, num_fewshot: int | None) -> Path:
     """lm-eval makes every task's few-shot sampler when it makes the task, from the whole few-shot split, one Python
-    dict per row, whether a shot is taken or not: about 160k rows and 10 s (2 idle cores) for the quickstart's 11
+    dict per row, whether a shot is taken or not: 157k rows and 6 s (one idle core) for the quickstart's 11
     tasks, in every evaluation and seed collection. This writes a copy of a task folder in `dest` where each plain
     task file that will run zero-shot has an empty few-shot sample list (and no few-shot split), and returns `dest`.
     Tasks that take shots, groups and files that are not plain task mappings are copied as they are. Zero-shot

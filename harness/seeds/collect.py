@@ -10,9 +10,9 @@ never a letter), explanation (where the task has a worked solution), prompt (the
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 from pathlib import Path
-import re
 
 from harness.evaluation.offline_suite import zero_shot_view
 from harness.seeds.normalise import NormaliseError, normalise

@@ -35,13 +35,12 @@ quickstart: setup
 	$(BIN)/harness run recipes/quickstart.yaml $(if $(QUICKSTART_STORE),--store $(QUICKSTART_STORE)) $(QUICKSTART_SET)
 	@cat $(or $(QUICKSTART_STORE),runs)/quickstart/report/report.md
 
-# two workers, each taking whole files (a module's trained fixture is built once): much of the suite is interpreter
-# start-up, imports and waiting on servers and Slurm, which one core cannot overlap. (Two workers found two real
-# faults: a stop signal killing the checkpoint writer's helper as it started, and start.sh ending without a word
-# when munged refused a socket path too long; both fixed.)
+# one pytest process: with two pytest-xdist workers the suite took 37.5 min instead of ~60 on a clean clone, but
+# each of the last two such runs failed one timing-sensitive test under the doubled load (and found two real faults
+# before that, now fixed); serial until those tests are load-proof
 test: setup
 	$(BIN)/ruff check --select F --quiet harness tests bench
-	$(BIN)/pytest -q --durations=25 -n 2 --dist loadfile
+	$(BIN)/pytest -q --durations=25
 
 bench: setup
 	$(BIN)/python bench/tokenization.py

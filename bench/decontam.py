@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.filters import decontam, fuzzy  # noqa: E402
 from harness.filters.text import words  # noqa: E402
+from quickstart_suite import suite_dir  # noqa: E402
 
 
 def reference_build(docs: list[dict], n: int, n_min: int) -> tuple[dict[int, set], list[int]]:
@@ -59,12 +59,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=2_000_000)
     ap.add_argument("--edited", type=int, default=2000)
     a = ap.parse_args()
-    subprocess.run([sys.executable, "-m", "harness", "run", str(ROOT / "recipes" / "quickstart.yaml"), "--only",
-                    "suite"], check=True, capture_output=True)
-    from harness.plan import Plan
-
-    plan = Plan.load(ROOT / "runs" / "quickstart" / "plan.json")
-    data = plan.dir(plan.by_id("suite")) / "suite" / "data"
+    data = suite_dir() / "data"
     docs = []
     for f in sorted(data.glob("*/*.jsonl")):
         docs += [{**json.loads(l), "task": f.parent.name, "split": f.stem} for l in f.read_text().splitlines()]

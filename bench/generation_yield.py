@@ -15,25 +15,22 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.evaluation import offline_suite  # noqa: E402
 from harness.generation import models, pipeline  # noqa: E402
 from harness.generation.backends import BackendOptions, make  # noqa: E402
 from harness.generation.prompts import Templates  # noqa: E402
 from harness.seeds.collect import collect  # noqa: E402
+from quickstart_suite import suite_dir  # noqa: E402
 
 
 def quickstart_seeds(per_task: int) -> list[dict]:
     """The quickstart's task-seeded seeds at a smaller size: `per_task` train seeds of each seedable offline task."""
-    with tempfile.TemporaryDirectory() as tmp:
-        offline_suite.build(Path(tmp) / "suite", ROOT / ".cache" / "wheels")
-        return collect(str(Path(tmp) / "suite" / "tasks"), ["offline_seeded"], per_task, 0)[0]
+    return collect(str(suite_dir() / "tasks"), ["offline_seeded"], per_task, 0)[0]
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 in it too) against the reference a user would otherwise have, one fresh process per stage (`harness run-stage`,
 what a Slurm job runs, and what `harness run` did before), on the same small ablation in the same run.
 
-    python bench/local_executor.py [--arms 2] [--seeds 2] [--tokens 60000]
+    python bench/local_executor.py [--arms 2] [--seeds 2] [--tokens 60000] [--tasks offline_arc_easy offline_piqa]
+                                   [--limit 50]
 
 The data stages (tokenizer, suite, tokenize, blend) are built once into a shared store and copied for each side;
 then each side runs the arms' train, export and eval stages (tiny model, SOTU corpus, two offline-suite tasks).
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from harness.plan import Plan  # noqa: E402
 
 
-def recipe(tmp: Path, arms: int, seeds: int, tokens: int) -> Path:
+def recipe(tmp: Path, arms: int, seeds: int, tokens: int, tasks: list[str], limit: int) -> Path:
     shares = [round(1.0 - 0.1 * i, 2) for i in range(arms)]
     docs = (ROOT / ".cache" / "assets" / "sotu.jsonl").read_text().splitlines()
     (tmp / "early.jsonl").write_text("\n".join(docs[:150]) + "\n")  # two sources, so that arms can differ in shares
@@ -43,7 +44,7 @@ def recipe(tmp: Path, arms: int, seeds: int, tokens: int) -> Path:
                   for i, s in enumerate(shares)],
          "model": "tiny", "seeds": list(range(1, seeds + 1)),
          "train": {"micro_batch_size": 8, "global_batch_size": 16, "eval_interval": 1000, "save_interval": 1000},
-         "eval": {"suite": "offline", "tasks": ["offline_arc_easy", "offline_piqa"], "limit": 50},
+         "eval": {"suite": "offline", "tasks": tasks, "limit": limit},
          "report": {"baseline": "a0"}, "wandb": {"mode": "offline"},
          "decontamination": {"corpus_report": False}}
     path = tmp / "bench.yaml"
@@ -77,10 +78,12 @@ def main() -> None:
     ap.add_argument("--arms", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=60_000)
+    ap.add_argument("--tasks", nargs="+", default=["offline_arc_easy", "offline_piqa"])
+    ap.add_argument("--limit", type=int, default=50, help="evaluation documents per task")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-local-") as t:
         tmp = Path(t)
-        path = recipe(tmp, a.arms, a.seeds, a.tokens)
+        path = recipe(tmp, a.arms, a.seeds, a.tokens, a.tasks, a.limit)
         harness("run", path, "--only", "blend", "--only", "suite")
         plan = Plan.load(tmp / "shared" / "bench_local" / "plan.json")
         todo = [s for s in plan.stages if s.kind in ("train", "export", "eval")]

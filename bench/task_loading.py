@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from harness.evaluation.offline_suite import zero_shot_view  # noqa: E402
+from quickstart_suite import suite_dir  # noqa: E402
 
 
 def load(tasks_dir: Path, names: list[str]) -> dict:
@@ -47,12 +47,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["offline_seeded", "offline_held_out"])
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
-    subprocess.run([sys.executable, "-m", "harness", "run", str(ROOT / "recipes" / "quickstart.yaml"), "--only",
-                    "suite"], check=True, capture_output=True)
-    from harness.plan import Plan
-
-    plan = Plan.load(ROOT / "runs" / "quickstart" / "plan.json")
-    tasks_dir = plan.dir(plan.by_id("suite")) / "suite" / "tasks"
+    tasks_dir = suite_dir() / "tasks"
     import lm_eval.models  # noqa: F401  (imports outside the timings)
 
     load(tasks_dir, a.tasks)  # datasets' Arrow cache written once, for both sides

@@ -35,12 +35,11 @@ quickstart: setup
 	$(BIN)/harness run recipes/quickstart.yaml $(if $(QUICKSTART_STORE),--store $(QUICKSTART_STORE)) $(QUICKSTART_SET)
 	@cat $(or $(QUICKSTART_STORE),runs)/quickstart/report/report.md
 
-# one pytest process: with two pytest-xdist workers the suite took 37.5 min instead of ~60 on a clean clone, but
-# each of the last two such runs failed one timing-sensitive test under the doubled load (and found two real faults
-# before that, now fixed); serial until those tests are load-proof
+# two pytest-xdist workers, dealt whole files (or single tests where a file allows it) longest first:
+# tests/conftest.py says which and in what order
 test: setup
 	$(BIN)/ruff check --select F --quiet harness tests bench
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 -n 2 --dist loadscope --no-loadscope-reorder
 
 bench: setup
 	$(BIN)/python bench/tokenization.py

@@ -1,6 +1,7 @@
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,7 +11,56 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from harness.cli import app
+# Under pytest-xdist each worker, and every stage, trainer and server it starts (they inherit the environment), gets
+# its share of the cores instead of all of them: two workers on two cores each running torch with two OpenMP threads
+# oversubscribe the machine. Two `bench/train.py --smallest` side by side took 194 s with the default threads, 141 s
+# with one thread each. Set before the first import of torch, which reads it once. A value the user set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+from harness.cli import app  # noqa: E402
+
+# `make test` runs two pytest-xdist workers (-n 2 --dist loadscope --no-loadscope-reorder) with the scheduler below:
+# a file goes to one worker whole, so that its module fixtures are built once, unless it is in SPLIT, whose tests
+# are independent and dealt out one by one (or together, where SPLIT names a unit for them). Work is dealt out in
+# collection order, which is this one: the longest files first (minutes, serially), so that no long file starts
+# last and leaves the other worker idle at the end.
+LONGEST_FIRST = ["test_slurm.py", "test_training.py", "test_generation.py", "test_quickstart.py",
+                 "test_continuation.py", "test_benchmarks.py", "test_end_to_end.py", "test_decisions.py",
+                 "test_paper_recipe.py", "test_decontam.py", "test_generative_eval.py", "test_seeds.py"]
+# the benchmarks that run the quickstart's suite stage in runs/ (bench/quickstart_suite.py) go one after another:
+# a second process would find the stage locked
+QUICKSTART_STORE = ["local_backends.py", "generation_yield.py", "decontam.py", "task_loading.py"]
+SPLIT = {"test_benchmarks.py": lambda test: "quickstart_store" if test.split("[")[-1].rstrip("]") in QUICKSTART_STORE
+         else None}
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
+def work_unit(nodeid: str) -> str:
+    """What goes to one worker together: the file, or what SPLIT says for one of its tests."""
+    path, _, test = nodeid.partition("::")
+    name = Path(path).name
+    if name not in SPLIT:
+        return path
+    return SPLIT[name](test) or nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    # xdist's own loadgroup cannot be used: it marks groups by rewriting item._nodeid, which pytest 9 ignores
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
 
 SYLLABLES = ["ka", "lo", "mi", "ter", "on", "ship", "ward", "ness", "ri", "ven", "cal", "dor", "pe", "us", "ta",
              "bre", "sol", "nim", "ax", "quo", "fen", "gra", "hul", "ist"]

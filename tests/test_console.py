@@ -59,7 +59,8 @@ def test_progress_lines_are_rate_limited_and_carry_an_eta():
     prog = [l for l in lines if "train/a/seed1: step" in l]
     assert 2 <= len(prog) <= 4, lines  # about one per second over 2.6 s, though it was told ~100 times
     assert all(re.search(r"step [\d,]+/10,000 · loss \d\.\d{3} · 5,100 tokens/s · ETA \d+:\d\d", l) for l in prog[1:])
-    assert re.match(STAMP + r"done train/a/seed1 in 2\.\d s$", lines[-1]), lines
+    done = re.match(STAMP + r"done train/a/seed1 in (\d+\.\d) s$", lines[-1])
+    assert done and 2.5 <= float(done[1]) < 10, lines  # 2.6 s, or more where the suite's load held it up
 
 
 def test_describe():
@@ -83,7 +84,9 @@ def test_live_view_on_a_terminal(tmp_path):
             view.started(b)
             progress.report("step", 7, 39, rate=812.0, unit="tokens", text="loss 4.900", force=True)
             view.tick(progress.read(where))
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10  # the live display redraws a few times a second, later under load
+            while "812 tokens/s" not in buf.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.05)
             shown = buf.getvalue()
             view.finished(b, False, 1, "x/log.txt", "boom: the last line")
             view.skipped(c)

@@ -151,16 +151,16 @@ def test_interrupted_training_requeues_and_resumes_to_the_same_losses(toy, clust
     tmp, path, conf, *_ = toy
     store = tmp / "runs"
     stage = "train/base/seed1"
-    # 60 steps on two tasks (one per node, srun --kill-on-bad-exit): a rank that stopped with a non-zero status
+    # 40 steps on two tasks (one per node, srun --kill-on-bad-exit): a rank that stopped with a non-zero status
     # would make srun kill the other mid-exit, and the job would fail instead of requeueing
-    longer = ["experiment=long", "data.tokens=61440", "train.save_interval=4", "train.log_interval=1",
+    longer = ["experiment=long", "data.tokens=40960", "train.save_interval=4", "train.log_interval=1",
               "profile.slurm.resources.train.nodes=2"]
     harness("submit", path, conf, *longer, "--only", stage)
     assert harness("status", "long", "--store", store, "--wait", 600, check=False).returncode == 0
     plan = Plan.load(store / "long" / "plan.json")
     spec = plan.by_id(stage)
     reference = _metrics(plan.dir(spec) / "metrics.jsonl")
-    assert len(reference) == 60
+    assert len(reference) == 40
     shutil.rmtree(plan.dir(spec))  # run it again, interrupted this time
 
     harness("submit", path, conf, *longer, "--only", stage)
@@ -177,9 +177,9 @@ def test_interrupted_training_requeues_and_resumes_to_the_same_losses(toy, clust
         logs = harness("logs", "long", stage, "--store", store, check=False)
         raise AssertionError(f"training did not reach step {n}: {logs.stdout[-2000:]}")
 
-    wait_for_step(12)
+    wait_for_step(8)
     cluster.cmd("scancel", "--batch", "--signal=USR1", task)  # what --signal=B:USR1@N sends before the limit
-    wait_for_step(30, after=0)
+    wait_for_step(20, after=0)
     # a job of the higher-priority partition that needs every CPU of both nodes preempts the training
     urgent = cluster.cmd("sbatch", "--parsable", "-p", "urgent", "-N2", "--ntasks-per-node=1", "-c", "4",
                          "--mem=100M", "-o", "/dev/null", "--wrap", "sleep 2").strip()
@@ -191,7 +191,7 @@ def test_interrupted_training_requeues_and_resumes_to_the_same_losses(toy, clust
     assert log.count("restart 1)") >= 1 and log.count("restart 2)") >= 1, log[-3000:]
     assert "interrupted: saved step" in (plan.store.stage_dir(spec.kind, spec.digest) / "train.log").read_text()
     resumed = _metrics(plan.dir(spec) / "metrics.jsonl")
-    assert [m["step"] for m in resumed] == list(range(1, 61)), rows
+    assert [m["step"] for m in resumed] == list(range(1, 41)), rows
     assert json.loads((plan.dir(spec) / "result.json").read_text())["world_size"] == 2
     for a, b in zip(reference, resumed):
         assert abs(a["loss"] - b["loss"]) <= 1e-6, (a, b)

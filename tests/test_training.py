@@ -34,10 +34,10 @@ def metrics(plan, stage_id, partial=False):
     return [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
 
 
-# The stopped training runs at a lower priority (a quarter of a share, not starved): it does ~20 steps a second,
-# and under the suite's load (two workers on 2 cores) a test at the same priority once signalled it only after its
-# 39 steps were done.
-NICE = ["nice", "-n", "5"]
+# A training that a test stops or kills runs at a lower priority (a tenth of a share, not starved): it does ~20
+# steps a second, and under the suite's load (two workers on 2 cores) a test at the same priority once signalled it
+# only after its 39 steps were done, and at nice 5 a kill meant for steps 12-19 once landed after step 20.
+NICE = ["nice", "-n", "10"]
 
 
 def stop_training(plan, spec, after_steps: int = 12) -> tuple[int, str]:
@@ -136,7 +136,7 @@ def kill_training(plan, spec, after_steps: int) -> list:
     import psutil
 
     log = plan.store.partial_dir(spec.kind, spec.digest) / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run-stage", "--plan", str(plan.path), "--stage",
+    proc = subprocess.Popen([*NICE, sys.executable, "-m", "harness", "run-stage", "--plan", str(plan.path), "--stage",
                              spec.id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed = [psutil.Process(proc.pid)]
     try:

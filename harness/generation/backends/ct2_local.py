@@ -61,10 +61,11 @@ class CTranslate2Backend(LocalBatched):
             self.tok = AutoTokenizer.from_pretrained(opts.model)
         except OSError as e:
             raise GenerationError(f"cannot load generator tokenizer '{opts.model}': {e}") from None
+        from harness.data.tokenize import cpu_count
+
         # the cores this process may use, unless OMP_NUM_THREADS says fewer (as it does for torch)
         omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-        threads = int(omp) if omp.isdigit() and int(omp) > 0 else (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        threads = int(omp) if omp.isdigit() and int(omp) > 0 else cpu_count()
         device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
         self.gen = ctranslate2.Generator(str(converted(opts.model)), device=device,
                                          compute_type=QUANTIZATION if device == "cpu" else "int8_float16",

@@ -93,10 +93,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--smallest", action="store_true", help="6 steps, one round: a smoke run (CI)")
+    ap.add_argument("--smallest", action="store_true", help="6 steps of 8 x 256 tokens, one round: a smoke run (CI)")
     args = ap.parse_args()
     if args.smallest:
         args.steps, args.repeat = 6, 1
+    batch = {"micro_batch_size": 4, "global_batch_size": 8} if args.smallest else {}  # two micro-batches still
     log_every = 2 if args.steps < 30 else 5
     quick = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,9 +111,10 @@ def main() -> None:
         recipe["corpora"] = {"sotu": {"paths": [str(corpus)]}}
         recipe["arms"] = [{"name": "baseline", "mix": {"sotu": 1.0}}]
         recipe["seeds"] = [1]
-        recipe["data"] = {**quick["data"], "tokens": args.steps * 32 * 256}
-        recipe["train"] = {**quick.get("train", {}), "log_interval": log_every, "eval_interval": 10**6,
+        recipe["train"] = {**quick.get("train", {}), **batch, "log_interval": log_every, "eval_interval": 10**6,
                            "save_interval": 10**6}
+        gbs = recipe["train"]["global_batch_size"]
+        recipe["data"] = {**quick["data"], "tokens": args.steps * gbs * 256}
         recipe.pop("synthetic", None)
         recipe["report"] = {"baseline": "baseline"}
         path = tmp / "bench.yaml"
@@ -136,7 +138,7 @@ def main() -> None:
         best = {k: max(v) for k, v in rates.items()}
         shape = json.loads(spec.read_text())["model"]
         print(f"model: {shape['num_layers']} layers, hidden {shape['hidden_size']}, seq {shape['seq_length']}, "
-              f"vocab {shape['vocab_size']}; {args.steps} steps of 32 x 256 tokens")
+              f"vocab {shape['vocab_size']}; {args.steps} steps of {gbs} x {shape['seq_length']} tokens")
         for k, v in best.items():
             print(f"  {k:<28} {v:9,.0f} tokens/s")
         h, same = best["harness, 1 process"], best["bare loop, harness's model"]

@@ -180,3 +180,23 @@ def test_vllm_eval_backend_on_a_cpu_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match="eval.backend vllm needs a GPU"):
         EVAL_BACKENDS["vllm"](None, "hf", "cpu")
+
+
+def test_validating_and_planning_load_no_torch(tmp_path):
+    """`harness validate` and `harness plan` answer in about a second: the recipe's checks and the plan need neither
+    torch nor megatron.core (torch alone is 2.5 s here, paid before by every CLI call and every Slurm job's
+    bookkeeping)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom harness.cli import app\n"
+            f"for args in (['validate', 'recipes/quickstart.yaml'], ['plan', 'recipes/quickstart.yaml', '--store', "
+            f"{str(tmp_path)!r}]):\n"
+            "    res = CliRunner().invoke(app, args)\n"
+            "    assert res.exit_code == 0, res.output\n"
+            "print(sorted(m for m in ('torch', 'megatron.core', 'transformers', 'lm_eval') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]", res.stdout

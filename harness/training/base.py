@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-
 # transformers files copied with an export so that it loads as the base did (tokenizer, chat template, generation)
 ASIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt")
@@ -133,6 +131,8 @@ def import_megatron(run: Path, step: Path, out: Path, seq_length: int, say: Call
     its tokenizer, and its export in out/hf (a transformers folder, for the base's evaluation), checked both ways:
     the export's logits against the megatron model's, and the export read back into megatron's layout exactly. The
     layout is import_base's, so the train stage and the evaluation read either alike."""
+    import torch
+
     from harness.data.tokenizer import describe
     from harness.training import export, hf_convert, model as mdl
 
@@ -226,27 +226,30 @@ def eod_token(folder: Path, override: Optional[str]) -> str:
 
 
 def load_hf(folder: Path):
+    import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-@torch.no_grad()
 def logit_check(hf_model, mg_model, vocab: int, positions: int, seed: int = 0) -> dict:
     """Both models on the same random token sequence: the largest absolute logit difference, and the positions
     whose greedy (argmax) token differs where the top-2 margin is larger than that difference (a near-tie may
     flip either way)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, positions), generator=g)
-    theirs = hf_model(input_ids=ids).logits[0].float()
-    pos = torch.arange(positions).unsqueeze(0)
-    ours = mg_model(ids, pos, None)[0].float()[:, :theirs.shape[-1]]
-    diff = float((ours - theirs).abs().max())
-    top2 = theirs.topk(2, dim=-1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 2 * diff
-    flips = int(((ours.argmax(-1) != theirs.argmax(-1)) & clear).sum())
-    return {"positions": positions, "max_abs_logit_diff": diff, "greedy_flips": flips,
-            "near_ties": int((~clear).sum())}
+    import torch
+
+    with torch.no_grad():  # (torch imported here: the recipe's import chain reaches this module)
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, vocab, (1, positions), generator=g)
+        theirs = hf_model(input_ids=ids).logits[0].float()
+        pos = torch.arange(positions).unsqueeze(0)
+        ours = mg_model(ids, pos, None)[0].float()[:, :theirs.shape[-1]]
+        diff = float((ours - theirs).abs().max())
+        top2 = theirs.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * diff
+        flips = int(((ours.argmax(-1) != theirs.argmax(-1)) & clear).sum())
+        return {"positions": positions, "max_abs_logit_diff": diff, "greedy_flips": flips,
+                "near_ties": int((~clear).sum())}
 
 
 def save_weights(model, path: Path) -> None:
@@ -262,6 +265,8 @@ def import_base(folder: Path, out: Path, seq_length: int, eod: str, positions: i
     """Import the base into out/checkpoint, check its logits, export it back into out/hf and check the round trip;
     writes out/train_spec.json and out/result.json in a train stage's layout, so that the base is evaluated like an
     arm (either evaluation backend)."""
+    import torch
+
     from harness.data.tokenizer import describe
     from harness.training import export, hf_convert, model as mdl
 

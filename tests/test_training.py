@@ -28,6 +28,17 @@ def tiny_recipe(tmp_path, store="runs", **train):
     return r
 
 
+def data_stages_from(done: Plan, tmp_path) -> None:
+    """A test's own store starts with the data stages (tokenizer, tokenize, blend) a fixture built from the same
+    corpora and settings - the same digests - copied, so that its `--only blend` finds them done and the test
+    begins at the training it is about."""
+    import shutil
+
+    for kind in ("tokenizer", "tokenize", "blend"):
+        shutil.copytree(done.store.root / "_stages" / kind, tmp_path / "runs" / "_stages" / kind,
+                        ignore=shutil.ignore_patterns("*.lock", "*.partial"))
+
+
 def metrics(plan, stage_id, partial=False):
     spec = plan.by_id(stage_id)
     d = plan.store.partial_dir(spec.kind, spec.digest) if partial else plan.dir(spec)
@@ -99,6 +110,7 @@ def test_sigterm_then_resume_gives_identical_losses(tmp_path, trained):
     _, ref_plan = trained
     reference = metrics(ref_plan, "train/mixed/seed1")
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
+    data_stages_from(ref_plan, tmp_path)
     cmd = [sys.executable, "-m", "harness", "run", str(path)]
     subprocess.run(cmd + ["--only", "blend"], check=True, capture_output=True)
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
@@ -177,6 +189,7 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, trained):
     _, ref_plan = trained
     reference = metrics(ref_plan, "train/mixed/seed1")
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, save_interval=10))
+    data_stages_from(ref_plan, tmp_path)
     cmd = [sys.executable, "-m", "harness", "run", str(path)]
     subprocess.run(cmd + ["--only", "blend"], check=True, capture_output=True)
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
@@ -411,6 +424,7 @@ def test_distributed_optimizer_stops_resumes_exactly_and_refuses_another_size(tm
     reference = metrics(distopt, "train/mixed/seed1")
     fast = dict(overlap_grad_reduce=True, overlap_param_gather=True, recompute="full", async_save=True)
     path = distopt_recipe(tmp_path, **fast)
+    data_stages_from(distopt, tmp_path)
     cmd = [sys.executable, "-m", "harness", "run", str(path)]
     subprocess.run(cmd + ["--only", "blend"], check=True, capture_output=True)
     plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
@@ -452,6 +466,7 @@ def test_tensor_parallel_on_two_gloo_ranks_matches_one_rank(tmp_path, trained):
     _, ref_plan = trained
     r = tiny_recipe(tmp_path, tensor_parallel=2)
     r["profile"] = {"name": "local", "nproc_per_node": 2}
+    data_stages_from(ref_plan, tmp_path)
     res = subprocess.run([sys.executable, "-m", "harness", "run", str(write_recipe(tmp_path / "r.yaml", r)),
                           "--only", "export"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+# torch is imported inside the functions that use it: harness.recipe imports this module, and validating or
+# planning a recipe loads no torch (tests/test_recipe_errors.py)
+
 # transformers files copied with an export so that it loads as the base did (tokenizer, chat template, generation)
 ASIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt")
@@ -238,7 +241,7 @@ def logit_check(hf_model, mg_model, vocab: int, positions: int, seed: int = 0) -
     flip either way)."""
     import torch
 
-    with torch.no_grad():  # (torch imported here: the recipe's import chain reaches this module)
+    with torch.no_grad():
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, vocab, (1, positions), generator=g)
         theirs = hf_model(input_ids=ids).logits[0].float()

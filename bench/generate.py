@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.generation import models  # noqa: E402
 from harness.generation.backends import BackendOptions, Request, make  # noqa: E402
-from harness.generation.server import ManagedServer  # noqa: E402
+from harness.generation.server import ManagedServer, transformers_cache_args  # noqa: E402
 
 TOPICS = ["photosynthesis", "the French revolution", "volcanoes", "tides", "the printing press", "bridges",
           "vaccines", "glaciers", "electric motors", "honey bees", "the Silk Road", "lighthouses"]
@@ -66,7 +66,9 @@ def main() -> None:
     ap.add_argument("--server-args", default="", help="extra arguments of transformers serve")
     a = ap.parse_args()
     model = str(models.prepare(a.model)) if a.model in models.CATALOGUE else a.model
-    with tempfile.TemporaryDirectory() as tmp, ManagedServer("transformers", model, Path(tmp) / "server.log", extra_args=a.server_args.split()) as srv:
+    with tempfile.TemporaryDirectory() as tmp, ManagedServer(
+            "transformers", model, Path(tmp) / "server.log",  # its KV cache sized as the generate stage sizes it
+            extra_args=transformers_cache_args(a.concurrency, a.max_tokens) + a.server_args.split()) as srv:
         backend = make("openai", BackendOptions(model=model, base_url=srv.base_url, concurrency=a.concurrency))
         asyncio.run(direct(srv.base_url, model, requests(4, 8, a.prompt_words, 0), 4))  # warm-up
         rates = {"direct": [], "harness": []}

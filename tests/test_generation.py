@@ -69,6 +69,8 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     assert set(g["templates"]) >= {"similar_mc", "similar_yesno", "enrich", "verify"}
     srv = g["managed_server"]
     assert srv["url"].startswith("http://127.0.0.1:") and not psutil.pid_exists(srv["pid"]), "server stopped"
+    # its KV cache sized to 4 concurrent requests of a 2048-token prompt and 64 new tokens (pages of 256)
+    assert srv["cmd"][-2:] == ["--cb-num-blocks", "33"], srv["cmd"]
     gens = _lines(plan.dir(plan.by_id("generate/tsqa")) / "generations.jsonl")
     assert sorted(x["key"] for x in gens) == sorted(f"gen:{t}/train/{i}#0" for t, i in
                                                     [(x["seed_id"].split("/")[0], x["seed_id"].split("/")[2])

@@ -22,7 +22,7 @@ from harness.generation.cache import RequestCache
 from harness.generation.config import engine_kwargs, serve_args
 from harness.generation.driver import Driver
 from harness.generation.prompts import Templates
-from harness.generation.server import ManagedServer, argv, server_env
+from harness.generation.server import ManagedServer, argv, server_env, transformers_cache_args
 from harness.plan import build
 from harness.store import Store
 
@@ -79,11 +79,19 @@ def test_managed_server_finds_the_users_hub_cache(tmp_path):
 
 @needs_model
 def test_transformers_serve_with_only_hf_home(tmp_path, monkeypatch):
-    """The real server answers /v1/models with the user's HF_HOME and no HF_HUB_CACHE."""
+    """The real server answers /v1/models with the user's HF_HOME and no HF_HUB_CACHE; and its KV cache is sized to
+    the stage's requests (generate.py passes these flags), not to the machine's free memory: unsized, the server's
+    processes held 14 GB of this machine's 24 once it answered (and spent 12 s warming that cache up)."""
+    import psutil
+
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with ManagedServer("transformers", MODEL, tmp_path / "server.log") as server:
+    with ManagedServer("transformers", MODEL, tmp_path / "server.log",
+                       extra_args=transformers_cache_args(concurrency=4, max_tokens=64)) as server:
         assert httpx.get(f"{server.base_url}/models", timeout=30).status_code == 200
+        tree = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
+        rss_mb = sum(p.memory_info().rss for p in tree) >> 20
+    assert rss_mb < 4000, f"the server's processes hold {rss_mb} MB"
     assert (tmp_path / "hf" / "hub").is_dir() and not (tmp_path / "hf-hub").exists()
 
 

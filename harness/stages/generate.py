@@ -16,7 +16,7 @@ from harness.generation.driver import Driver
 from harness.generation.config import engine_kwargs, serve_args
 from harness.generation.passages import PassageFile
 from harness.generation.prompts import Templates
-from harness.generation.server import ManagedServer
+from harness.generation.server import ManagedServer, transformers_cache_args
 from harness.stages import Stage, StageContext, register, write_jsonl
 
 
@@ -31,7 +31,8 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict, log_name: str =
         if gen["backend"] == "openai" and url == "managed":
             kind = rt["server_kind"]
             server = ManagedServer(kind, model, workdir / log_name, startup_timeout=rt["startup_timeout"],
-                                   extra_args=serve_args(vllm) if kind == "vllm" else None,
+                                   extra_args=serve_args(vllm) if kind == "vllm" else
+                                   transformers_cache_args(rt["concurrency"], gen["max_tokens"]),
                                    offline=rt.get("offline"), env_dir=vllm.get("env") if kind == "vllm" else None)
             stack.enter_context(server)
             url = server.base_url

@@ -180,6 +180,45 @@ def kill_training(plan, spec, after_steps: int) -> list:
     return killed
 
 
+@pytest.mark.parametrize("how", ["run-stage", "run"])
+def test_a_killed_stage_takes_its_training_with_it(tmp_path, trained, how):
+    """SIGKILL of the process that runs a train stage - `harness run-stage` (a Slurm job's, whose training runs in
+    a session of its own) or `harness run` (whose warm worker trains in-process) - stops the training: the kernel
+    sends it SIGTERM, it saves and stops, instead of training on unowned into the partial folder a rerun starts
+    from."""
+    import psutil
+
+    _, ref_plan = trained
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
+    data_stages_from(ref_plan, tmp_path)
+    subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--only", "blend"], check=True,
+                   capture_output=True)
+    plan = Plan.load(tmp_path / "runs" / "toy" / "plan.json")
+    spec = plan.by_id("train/mixed/seed1")
+    partial = plan.store.partial_dir(spec.kind, spec.digest)
+    cmd = (["-m", "harness", "run-stage", "--plan", str(plan.path), "--stage", spec.id] if how == "run-stage" else
+           ["-m", "harness", "run", str(path), "--only", "train"])
+    proc = subprocess.Popen([*NICE, sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (partial / "metrics.jsonl").exists() or len((partial / "metrics.jsonl").read_text().split()) < 3:
+            assert proc.poll() is None and time.time() < deadline, "the training ended before its stage was killed"
+            time.sleep(0.05)
+        trainer = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "harness.training.worker" in p.cmdline() or "harness.executors.worker" in p.cmdline()]
+        assert trainer, "the training's process is found"
+    finally:
+        proc.kill()  # that process alone, as the OOM killer would
+        proc.wait()
+    gone, alive = psutil.wait_procs(trainer, timeout=60)
+    for p in alive:
+        p.kill()
+    assert not alive, "the training outlived its stage"
+    assert (partial / "INTERRUPTED").is_file(), "the training did not save and stop when its stage died"
+    stopped_at = len(metrics(plan, spec.id, partial=True))
+    assert stopped_at < 39 and (partial / "INTERRUPTED").read_text() == str(stopped_at)
+
+
 def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, trained):
     """SIGKILL between two periodic saves (train.save_interval 10): the rerun resumes from the last complete
     periodic checkpoint, skips a newer one that has no `done` marker (a save cut off by the kill), drops the logged

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import progress
+from harness.children import die_with_parent
 from harness.executors.worker import LOG_ENV
 from harness.plan import Plan, select as select_stages
 from harness.stages import StageSpec
@@ -58,7 +59,7 @@ class Worker:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen([sys.executable, "-m", "harness.executors.worker", str(self.plan.path)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                         env={**os.environ, LOG_ENV: str(self.log)})
+                                         env={**os.environ, LOG_ENV: str(self.log)}, preexec_fn=die_with_parent)
         where = self.folder / f"{spec.digest}.progress.json"
         self.proc.stdin.write(json.dumps({"stage": spec.id, "progress": str(where)}) + "\n")
         self.proc.stdin.flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from harness.children import die_with_parent
 from harness.generation.backends import GenerationError
 from harness.generation.models import ROOT
 
@@ -22,16 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM when the stage that started it dies, even by SIGKILL (no orphan servers)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 # `transformers serve` keeps its KV cache in pages of this many tokens (ContinuousBatchingConfig.page_size's default)
@@ -162,7 +153,7 @@ class ManagedServer:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True,  # its own group: stopped with all its children
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)  # no orphan servers
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

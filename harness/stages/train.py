@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+from harness.children import die_with_parent
 from harness.data import indexed
 from harness.executors.worker import in_worker
 from harness.stages import INTERRUPTED, Stage, StageContext, StageInterrupted, register
@@ -135,7 +136,7 @@ def _run_forwarding_signals(cmd: list[str], logfile, env: dict | None = None) ->
     stage are passed on, so that they checkpoint and stop."""
     with open(logfile, "a") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                text=True, bufsize=1, env=env)
+                                text=True, bufsize=1, env=env, preexec_fn=die_with_parent)
         previous = {}
 
         def forward(signum, frame):

@@ -349,6 +349,34 @@ if __name__ == "__main__":
     assert tok.eos_token == "<|endoftext|>" and len(tok) == spec["tokenizer"]["vocab_size"]
 
 
+VALID_FROM_A_LARGE_SPLIT = """
+import json, sys
+import numpy as np
+from harness.data import blend as bl, indexed
+from harness.data.tokenizer import MegatronTokenizer
+prefix, cache = sys.argv[1] + "/src", sys.argv[1] + "/cache"
+w = indexed.BinWriter(prefix, np.uint16)
+lengths = np.full(2000, 100)
+w.write_batch(np.random.default_rng(0).integers(1, 500, size=int(lengths.sum())), lengths)
+w.close()
+tok = MegatronTokenizer(sys.argv[1] + "/tokenizer.json", 0, 512)
+few = bl.build_valid(prefix, 4, 64, "50,50,0", 1, cache, tok)
+every = bl.build_valid(prefix, 10**6, 64, "50,50,0", 1, cache, tok)
+same = all((few[i]["tokens"] == every[i]["tokens"]).all() for i in range(len(few)))
+print(json.dumps({"few": len(few), "every": len(every), "same": bool(same)}))
+"""
+
+
+def test_validation_takes_eval_samples_from_a_larger_split(tmp_path):
+    """eval_samples samples per source, the first of the split's shuffled order: megatron builds the split's whole
+    epoch (1,562 samples of 64 tokens from 1,000 documents of 100), and every validation ran over all of it. A split
+    smaller than eval_samples is used once, never repeated."""
+    res = subprocess.run([sys.executable, "-c", VALID_FROM_A_LARGE_SPLIT, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)  # in a process of its own: megatron's builder needs a process group
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.splitlines()[-1]) == {"few": 4, "every": (1000 * 100 - 1) // 64, "same": True}
+
+
 VALID_SAMPLES = """
 import json, sys, torch
 from pathlib import Path

@@ -129,9 +129,13 @@ def build(plans: list[SourcePlan], budget_tokens: int, seq_length: int, split: s
 
 def build_valid(prefix: str, max_samples: int, seq_length: int, split: str, seed: int, cache_dir: str, tokenizer):
     """Up to `max_samples` samples from the valid split of one source (fewer when the split is smaller: a
-    validation set is never repeated). None when the split holds less than one sample."""
+    validation set is never repeated). None when the split holds less than one sample. Megatron builds whole
+    epochs, so its dataset holds the whole split (1,562 samples when 4 were asked for, in a test): the first
+    `max_samples` of its shuffled order are kept, or every validation would run over the whole split - at the paper's
+    scale, 2% of a corpus at every eval interval."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from torch.utils.data import Subset
 
     _, lengths = indexed.read_index(prefix + ".idx")
     lo, hi = split_bounds(split, len(lengths))[1]
@@ -144,7 +148,7 @@ def build_valid(prefix: str, max_samples: int, seq_length: int, split: str, seed
                               path_to_cache=cache_dir, tokenizer=tokenizer, reset_position_ids=False,
                               reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
     _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [0, n, 0], lambda: True, config).build()
-    return valid
+    return Subset(valid, range(min(n, len(valid))))
 
 
 def _ensure_process_group(workdir: str) -> None:

@@ -44,6 +44,7 @@ def _check_for_model(train: dict, shape) -> None:
 @register
 class TrainStage(Stage):
     kind = "train"
+    version = 2  # validation over eval_samples samples per source, not its whole valid split
 
     def run(self, ctx: StageContext) -> dict:
         cfg, rt = ctx.spec.config, ctx.spec.runtime

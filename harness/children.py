@@ -6,17 +6,19 @@ kept writing the stage's partial folder while a rerun starts on it)."""
 
 from __future__ import annotations
 
+import ctypes
 import signal
 
 PR_SET_PDEATHSIG = 1
+
+try:  # looked up here, not in the forked child: a child must not import (another thread may hold the import lock)
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:  # not Linux
+    _prctl = None
 
 
 def die_with_parent() -> None:
     """A `preexec_fn` for subprocess.Popen (Linux; elsewhere nothing): SIGTERM when the parent dies. The parent is
     the thread that started the child, so call Popen from a thread that lives as long as the child should."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

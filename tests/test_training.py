@@ -138,6 +138,15 @@ def test_sigterm_then_resume_gives_identical_losses(tmp_path, trained):
                 assert abs(a[k] - b[k]) <= 1e-6
 
 
+def wait_for_steps(proc, log: Path, steps: int, why: str) -> None:
+    """Until the partial metrics.jsonl `log` holds `steps` logged steps; fails with `why` if `proc` ends first or
+    after 300 s."""
+    deadline = time.time() + 300
+    while not log.exists() or len(log.read_text().splitlines()) < steps:
+        assert proc.poll() is None and time.time() < deadline, why
+        time.sleep(0.05)
+
+
 def kill_training(plan, spec, after_steps: int) -> list:
     """Runs the train stage in a process group of its own and, once `after_steps` steps are logged, SIGKILLs that
     group and the training process's (the stage starts it in a session of its own): no handler runs, nothing is
@@ -152,10 +161,7 @@ def kill_training(plan, spec, after_steps: int) -> list:
                              spec.id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed = [psutil.Process(proc.pid)]
     try:
-        deadline = time.time() + 300
-        while not log.exists() or len(log.read_text().splitlines()) < after_steps:
-            assert proc.poll() is None and time.time() < deadline, "the training ended before it was killed"
-            time.sleep(0.05)
+        wait_for_steps(proc, log, after_steps, "the training ended before it was killed")
         killed += killed[0].children(recursive=True)  # the training process and what it started
         assert any("harness.training.worker" in p.cmdline() for p in killed[1:]), "the training process is found"
     finally:
@@ -200,10 +206,7 @@ def test_a_killed_stage_takes_its_training_with_it(tmp_path, trained, how):
            ["-m", "harness", "run", str(path), "--only", "train"])
     proc = subprocess.Popen([*NICE, sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 300
-        while not (partial / "metrics.jsonl").exists() or len((partial / "metrics.jsonl").read_text().split()) < 3:
-            assert proc.poll() is None and time.time() < deadline, "the training ended before its stage was killed"
-            time.sleep(0.05)
+        wait_for_steps(proc, partial / "metrics.jsonl", 3, "the training ended before its stage was killed")
         trainer = [p for p in psutil.Process(proc.pid).children(recursive=True)
                    if "harness.training.worker" in p.cmdline() or "harness.executors.worker" in p.cmdline()]
         assert trainer, "the training's process is found"

@@ -495,7 +495,8 @@ def tokenize(inputs: List[Path] = typer.Argument(..., help="files, folders or gl
              eod_token: str = typer.Option("<|endoftext|>"), workers: int = typer.Option(1),
              threads: int = typer.Option(0, help="tokenizer threads in all (0: every core)"),
              shard_bytes: int = typer.Option(64 * 2**20)):
-    """Tokenize any corpus into Megatron .bin/.idx (a faster preprocess_data); resumable, output byte-stable."""
+    """Tokenize any corpus into Megatron .bin/.idx, the files Megatron-LM's preprocess_data.py writes
+    (bench/tokenization.py compares it with our look-alike of that tool); resumable, output byte-stable."""
     import shutil
 
     from harness.data import tokenize as tk

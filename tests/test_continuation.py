@@ -247,6 +247,8 @@ def test_megatron_backend_scores_the_tied_base_like_hf(continued, cli):
         return [json.loads(l) for l in (p.dir(p.by_id("eval/base")) / "samples" / "offline_arc_easy.jsonl")
                 .read_text().splitlines()]
 
+    models = {p.store.manifest("eval", p.by_id("eval/base").digest)["result"]["model"] for p in (plan, mg_plan)}
+    assert models == {"HFLM", "MegatronHarnessLM"}, models
     hf, mg = items(plan), items(mg_plan)
     assert len(hf) == len(mg) == 20
     for a, b in zip(hf, mg):

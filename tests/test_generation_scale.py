@@ -186,6 +186,20 @@ def test_shards_build_exactly_the_unsharded_requests():
         assert all(int(q.split()[2]) % 3 == int(seed) % 3 for q in shown)
 
 
+@pytest.mark.parametrize("share", [0.0, 0.2, 1.0])
+def test_context_share_is_the_share_of_grounded_requests(share):
+    """180 requests: at 0 none grounded, at 1 all, at 0.2 about a fifth (binomial sd 0.03; an inverted draw gives
+    0.8). Every grounded request's prompt holds its passage."""
+    passages = [{"passage_id": f"doc{i}.p0", "text": f"passage number {i} of the corpus"} for i in range(90)]
+    reqs, meta = pipeline.seeded_requests(_seeds(60), {**CFG, "context_share": share}, Templates(), passages,
+                                          pipeline.Sampling(0.8, 0.95, 64, 7))
+    grounded = {k for k, m in meta.items() if m["passage_id"] is not None}
+    assert abs(len(grounded) / len(meta) - share) <= 0.09, (len(grounded), len(meta))
+    for r in reqs:
+        shown = "passage number " in r.messages[0][1]
+        assert shown == (r.key in grounded), r.key
+
+
 def test_fewshot_picks_are_linear_in_the_requests():
     """One subtask of 8000 seeds x 2 samples against one of 2000: the old pick built the subtask's list per request
     (128M steps at 8000), 16 times the work of 2000 seeds where a linear pick does 4 times. A ratio of the two, each

@@ -141,11 +141,15 @@ def _samples(plan: Plan, arm: str, seed: int, task: str):
     return plan.dir(plan.by_id(f"eval/{arm}/seed{seed}")) / "samples" / f"{task}.jsonl"
 
 
-def _other_items(plan: Plan) -> None:  # seed 2 of `mixed` scored another sciq item in place of the last one
-    path = _samples(plan, "mixed", 2, "offline_sciq")
+def _another_last_item(plan: Plan, arm: str, seed: int) -> None:  # another sciq item in place of the last one
+    path = _samples(plan, arm, seed, "offline_sciq")
     recs = [json.loads(line) for line in path.read_text().splitlines()]
     recs[-1]["doc_id"] = 999
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _other_items(plan: Plan) -> None:  # seed 2 of `mixed` only
+    _another_last_item(plan, "mixed", 2)
 
 
 def _seed_without_a_task(plan: Plan) -> None:
@@ -157,11 +161,17 @@ def _arm_without_a_task(plan: Plan) -> None:
         _samples(plan, "ctrl", seed, "offline_sciq").unlink()
 
 
+def _arm_on_other_items(plan: Plan) -> None:  # every seed of `ctrl`: its seeds agree, the arms do not
+    for seed in (1, 2, 3):
+        _another_last_item(plan, "ctrl", seed)
+
+
 @pytest.mark.parametrize("damage, message", [
     (_other_items, "arm 'mixed' task offline_sciq: seeds were evaluated on different items"),
     (_seed_without_a_task, "arm 'mixed': seed 3 was evaluated on other tasks (['offline_sciq'])"),
     (_arm_without_a_task, "arm 'ctrl' and arm 'base' were evaluated on different tasks: ['offline_sciq']"),
-], ids=["items", "seed-tasks", "arm-tasks"])
+    (_arm_on_other_items, "arm 'ctrl' and arm 'base' were evaluated on different items of task offline_sciq"),
+], ids=["items", "seed-tasks", "arm-tasks", "arm-items"])
 def test_report_refuses_results_that_do_not_compare(tmp_path, cli, damage, message):
     damage(make_store(tmp_path))
     code, out = cli("report", "toy", "--store", tmp_path / "runs")

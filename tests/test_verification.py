@@ -36,6 +36,7 @@ class Script:
     def __init__(self):
         self.calls = collections.Counter()
         self.temperatures = []
+        self.key_letters = []  # where each vote with options was shown the key
         self.lock = threading.Lock()
 
     def reply(self, prompt: str, temperature: float) -> str:
@@ -45,6 +46,9 @@ class Script:
             n = self.calls[question]
             self.temperatures.append(temperature)
         options = dict((text, letter) for letter, text in LETTER.findall(prompt))
+        if "the key" in options:
+            with self.lock:
+                self.key_letters.append(options["the key"])
         if "always-right" in question:
             return options["the key"]
         if "always-wrong" in question:
@@ -112,6 +116,8 @@ def test_scripted_votes_give_the_documented_decisions(tmp_path, server):
     assert by_id["mostly-right4#0"]["votes"] == [2, 1, 0, 0]  # the key found wherever the shuffle put it
     assert by_id["open-right#0"]["verification"] == {"votes": 3, "needed": 2, "chance_pass": 0.0}
     assert script.calls["always-right question with 2 options"] == 4 and set(script.temperatures) == {0.2}
+    # each vote sees the options in its own order: the key written first is shown at every letter
+    assert len(script.key_letters) == 28 and set(script.key_letters) == {"A", "B", "C", "D"}, script.key_letters
     assert out["counts"] == {"verified": 3, "failed_verification": 7}
     per = out["per_type"]
     assert per["yesno"]["checked"] == 4 and per["yesno"]["passed"] == 1 and per["open"]["passed"] == 1

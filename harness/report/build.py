@@ -160,14 +160,21 @@ def collect(plan: Plan, recipe: dict) -> dict[str, ArmData]:
         arms[arm["name"]] = data
     if problems:
         raise ReportError("cannot build the report:\n  " + "\n  ".join(problems))
-    ref_tasks = None
+    ref = None
     for a in arms.values():
         tasks = set(a.scores["score"])
-        if ref_tasks is None:
-            ref_tasks, ref_arm = tasks, a.name
-        elif tasks != ref_tasks:
-            raise ReportError(f"arm '{a.name}' and arm '{ref_arm}' were evaluated on different tasks: "
-                              f"{sorted(tasks ^ ref_tasks)}")
+        if ref is None:
+            ref = a
+        elif tasks != set(ref.scores["score"]):
+            raise ReportError(f"arm '{a.name}' and arm '{ref.name}' were evaluated on different tasks: "
+                              f"{sorted(tasks ^ set(ref.scores['score']))}")
+        else:  # comparisons pair items by position: the same items, in the same order, in every arm
+            for t in sorted(tasks):
+                if a.item_ids[t] != ref.item_ids[t]:
+                    problems.append(f"arm '{a.name}' and arm '{ref.name}' were evaluated on different items of "
+                                    f"task {t}")
+    if problems:
+        raise ReportError("cannot build the report:\n  " + "\n  ".join(problems))
     return arms
 
 

@@ -242,7 +242,9 @@ class EvalStage(Stage):
                       "configs": res.get("configs"), "group_subtasks": res.get("group_subtasks")}
         (ctx.workdir / "lm_eval_results.json").write_text(json.dumps(lm_results, indent=2, default=str))
         run = _log_wandb(ctx, per_task)
-        return {"tasks": per_task, "samples": "samples", **({"wandb": run} if run else {})}
+        # the lm-eval model that scored: a backend's fallback or mix-up shows here, not only in the scores
+        return {"tasks": per_task, "samples": "samples", "model": type(lm).__name__,
+                **({"wandb": run} if run else {})}
 
     @staticmethod
     def _model(cfg, hf_dir, ctx):

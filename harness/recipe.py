@@ -8,7 +8,6 @@ Semantic checks (shares, files, names, data sufficiency) run after the merge and
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import typing
@@ -19,25 +18,24 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from harness.checks import bad_number, did_you_mean
 from harness.data.blend import estimate_problem
 from harness.data.readers import expand_paths
 from harness.evaluation.config import EvalConfig  # noqa: F401  (the recipe's eval section)
 from harness.evaluation.config import validate as validate_eval
-from harness.evaluation.suites import check as check_suite_tasks
 from harness.filters.config import DecontaminationConfig  # noqa: F401  (the recipe's decontamination section)
 from harness.filters.config import validate as validate_decontamination
 from harness.generation.config import GeneratorConfig, VLLMConfig  # noqa: F401  (the recipe's generator section)
 from harness.generation.config import validate as validate_generator
 from harness.generation.passages import needed as passages_needed
-from harness.generation.verification import VerificationConfig
-from harness.generation.verification import validate as validate_verification
 from harness.report.scales import ScaleConfig
 from harness.report.scales import scaled
 from harness.report.scales import validate as validate_scales
 from harness.report.sweep import SweepConfig
 from harness.report.sweep import expand as expand_sweeps
-from harness.seeds.config import STRATIFY, CategoryConfig, seed_tasks
-from harness.seeds.config import validate as validate_seed_selection
+from harness.seeds.config import CategoryConfig  # noqa: F401  (a synthetic set's categories)
+from harness.seeds.sets import GENERATED_KINDS, SyntheticConfig  # noqa: F401  (the recipe's synthetic section)
+from harness.seeds.sets import validate as validate_synthetic
 from harness.training.base import BaseConfig, validate_base
 from harness.training.config import (TrainConfig, WandbConfig, validate_parallel, validate_train,
                                      validate_train_for_model, validate_wandb)
@@ -64,46 +62,6 @@ class CorpusConfig:
     paths: list[str] = field(default_factory=list)
     format: str = "auto"  # auto | jsonl | parquet | text   (jsonl covers .jsonl.gz)
     text_field: str = "text"
-
-
-@dataclass
-class SyntheticConfig:
-    """A synthetic data set that an arm can name as a source.
-
-    kind seed_render: the train-split seeds of `tasks` rendered as text, no LLM (the seed-rendering control).
-    kind task_seeded: new Q&A written by the generator from those seeds (few-shot, same subtask), optionally
-      grounded in passages of `context_corpus`; enriched, verified, deduplicated, decontaminated.
-    kind unseeded_qa: the unseeded control - diverse Q&A written from `passages` passages of `context_corpus`
-      alone, nothing about any task; deduplicated and decontaminated the same way."""
-
-    kind: str = "???"
-    tasks: list[str] = field(default_factory=list)  # lm-eval tasks or groups (train splits); empty: offline_seeded
-    # or named categories of tasks, each with its own budget of seeds (then no `tasks`): see harness/seeds/config.py
-    categories: dict[str, CategoryConfig] = field(default_factory=dict)
-    per_task_cap: Optional[int] = 2000  # seeds per task (each subtask of a named group; None: all)
-    per_group_cap: Optional[int] = None  # seeds per named group in all, stratified across its subtasks (mmlu)
-    stratify: str = "equal"  # equal: the same from every subtask | proportional: by the subtasks' train sizes
-    layout: str = "qa"  # qa | mc
-    items_per_doc: int = 8
-    seed: int = 0
-    samples_per_seed: int = 2  # generations per seed (unseeded_qa: per passage)
-    fewshot: int = 3  # examples shown per request, the seed first, the rest from the same subtask
-    context_corpus: Optional[str] = None  # a corpus of the recipe: passages for grounding / the unseeded control
-    context_share: float = 0.0  # task_seeded: share of requests grounded in a corpus passage
-    # passages sampled from context_corpus; null: what the requests use (unseeded_qa: 200; task_seeded: one per
-    # grounded request on average, seeds x samples_per_seed x context_share)
-    passages: Optional[int] = None
-    pairs_per_passage: int = 3  # unseeded_qa
-    enrich: bool = False  # ask for a short explanation per item and render it before the answer
-    # expected rendered tokens per generation request (kept items x their tokens, plus the passage where it is
-    # rendered with them; a pilot's figure is in the report's synthetic table): with it, a set too small for the
-    # largest share within data.max_epochs is refused before generation (unseeded_qa at validation, task_seeded
-    # once its seeds are counted)
-    tokens_per_request: Optional[float] = None
-    # votes by a model answering each item again without its key: see harness/generation/verification.py
-    verification: VerificationConfig = field(default_factory=VerificationConfig)
-    dedup_threshold: float = 0.7  # near-duplicate Jaccard threshold (word 3-grams)
-    decontaminate: bool = True  # drop items matching the eval index
 
 
 @dataclass
@@ -227,11 +185,6 @@ class Recipe:
 
 # Sections that may be given as a name; the name is looked up as recipes/<folder>/<name>.yaml.
 INCLUDES = {"profile": "profiles", "model": "models"}
-# Registered synthetic kinds are added by the generation package; an empty registry refuses every synthetic set.
-SYNTHETIC_KINDS: dict[str, str] = {"seed_render": "train-split seeds rendered as text, no LLM",
-                                   "task_seeded": "Q&A generated from train-split seeds",
-                                   "unseeded_qa": "Q&A generated from corpus passages alone (the unseeded control)"}
-GENERATED_KINDS = ("task_seeded", "unseeded_qa")
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -403,9 +356,6 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
 # --------------------------------------------------------------------------------------------- validation
 
 
-def _bad_number(x: Any) -> bool:
-    return not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x) or math.isinf(x)
-
 
 def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
     """Semantic checks; every problem is collected and raised together."""
@@ -433,42 +383,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
             for pat in c.paths:
                 if not expand_paths([pat]):
                     bad(f"corpora.{name}.paths", f"no file matches '{pat}'")
-    for name, s in recipe.synthetic.items():
-        if name in recipe.corpora:
-            bad(f"synthetic.{name}", "a corpus has the same name")
-        if s.kind not in SYNTHETIC_KINDS:
-            known = ", ".join(sorted(SYNTHETIC_KINDS)) or "none are available in this version"
-            bad(f"synthetic.{name}.kind", f"unknown synthetic kind '{s.kind}' ({known})")
-        if s.layout not in ("qa", "mc"):
-            bad(f"synthetic.{name}.layout", f"unknown layout '{s.layout}' (qa, mc)")
-        for key in ("items_per_doc", "per_task_cap", "per_group_cap"):
-            if getattr(s, key) is not None and getattr(s, key) < 1:
-                bad(f"synthetic.{name}.{key}", f"must be at least 1, got {getattr(s, key)}")
-        if s.stratify not in STRATIFY:
-            bad(f"synthetic.{name}.stratify", f"unknown stratification '{s.stratify}' ({', '.join(STRATIFY)})")
-        validate_seed_selection(f"synthetic.{name}", s.tasks, s.categories, bad)
-        if s.kind != "unseeded_qa":  # seeds come from the evaluation suite's train splits
-            key = f"synthetic.{name}.categories" if s.categories else f"synthetic.{name}.tasks"
-            check_suite_tasks(recipe.eval.suite, seed_tasks(s.tasks, s.categories), key, bad, seeding=True)
-        if s.kind in GENERATED_KINDS:
-            for key in ("samples_per_seed", "passages", "pairs_per_passage"):
-                if getattr(s, key) is not None and getattr(s, key) < 1:
-                    bad(f"synthetic.{name}.{key}", "must be at least 1")
-            if s.fewshot < 1:
-                bad(f"synthetic.{name}.fewshot", "at least one example (the seed) is shown")
-            validate_verification(f"synthetic.{name}.verification", s.verification, bad)
-            if _bad_number(s.context_share) or not 0 <= s.context_share <= 1:
-                bad(f"synthetic.{name}.context_share", f"must be in [0, 1], got {s.context_share}")
-            if not 0 < s.dedup_threshold <= 1:
-                bad(f"synthetic.{name}.dedup_threshold", f"must be in (0, 1], got {s.dedup_threshold}")
-            needs_corpus = s.kind == "unseeded_qa" or s.context_share > 0
-            if s.context_corpus is not None and s.context_corpus not in recipe.corpora:
-                bad(f"synthetic.{name}.context_corpus",
-                    f"unknown corpus '{s.context_corpus}'{_did_you_mean(s.context_corpus, recipe.corpora)}")
-            elif needs_corpus and s.context_corpus is None:
-                bad(f"synthetic.{name}.context_corpus", "required: " + ("the unseeded control writes Q&A from "
-                    "corpus passages" if s.kind == "unseeded_qa" else "context_share > 0 grounds requests in "
-                    "corpus passages"))
+    validate_synthetic(recipe.synthetic, recipe.corpora, recipe.eval.suite, bad)
     validate_generator(recipe.generator, bad)
     if recipe.verifier is not None:  # the same checks, named by the verifier's keys
         validate_generator(recipe.verifier, lambda key, msg: bad(key.replace("generator", "verifier", 1), msg))
@@ -490,14 +405,14 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("tokenizer.vocab_size", f"{tok.vocab_size} is too small for a byte-level BPE (> 257)")
     for c in tok.train_on:
         if c not in recipe.corpora:
-            bad("tokenizer.train_on", f"unknown corpus '{c}'{_did_you_mean(c, recipe.corpora)}")
+            bad("tokenizer.train_on", f"unknown corpus '{c}'{did_you_mean(c, recipe.corpora)}")
 
     d = recipe.data
-    if _bad_number(d.tokens) or d.tokens <= 0:
+    if bad_number(d.tokens) or d.tokens <= 0:
         bad("data.tokens", f"the token budget must be a positive number, got {d.tokens}")
     if d.seq_length < 8:
         bad("data.seq_length", f"{d.seq_length} is too short (at least 8)")
-    if _bad_number(d.max_epochs) or d.max_epochs <= 0:
+    if bad_number(d.max_epochs) or d.max_epochs <= 0:
         bad("data.max_epochs", f"must be positive, got {d.max_epochs}")
     try:
         parts = [float(x) for x in d.split.split(",")]
@@ -527,16 +442,16 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         total = 0.0
         for src, share in arm.mix.items():
             if src not in sources:
-                bad(f"{key}.mix.{src}", f"unknown source '{src}'{_did_you_mean(src, sources)}")
-            if _bad_number(share) or share < 0:
+                bad(f"{key}.mix.{src}", f"unknown source '{src}'{did_you_mean(src, sources)}")
+            if bad_number(share) or share < 0:
                 bad(f"{key}.mix.{src}", f"share must be a number >= 0, got {share}")
             else:
                 total += share
-        if arm.mix and not any(_bad_number(s) for s in arm.mix.values()) and abs(total - 1.0) > 1e-6:
+        if arm.mix and not any(bad_number(s) for s in arm.mix.values()) and abs(total - 1.0) > 1e-6:
             bad(f"{key}.mix", f"shares of arm '{arm.name}' sum to {total:.6g}, not 1")
     t = recipe.train
     validate_train(t, bad)
-    if not _bad_number(d.tokens) and d.tokens > 0 and d.tokens < d.seq_length * t.global_batch_size:
+    if not bad_number(d.tokens) and d.tokens > 0 and d.tokens < d.seq_length * t.global_batch_size:
         bad("data.tokens", f"{d.tokens:,} tokens are less than one step of {t.global_batch_size} sequences of "
                            f"{d.seq_length}")
     m = recipe.model
@@ -571,7 +486,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
     for key, who in [("report.baseline", recipe.report.baseline)] + [("report.controls", c)
                                                                     for c in recipe.report.controls]:
         if who not in arm_names:
-            bad(key, f"no arm named '{who}'{_did_you_mean(who, arm_names)}")
+            bad(key, f"no arm named '{who}'{did_you_mean(who, arm_names)}")
     if recipe.report.bootstrap < 100:
         bad("report.bootstrap", "use at least 100 replicates")
     validate_wandb(recipe.wandb, bad)
@@ -584,7 +499,7 @@ def validate(recipe: Recipe, where: str, check_files: bool = True) -> None:
         bad("seeds", f"duplicate seeds in {list(recipe.seeds)}")
     for name, s in recipe.synthetic.items():  # the unseeded control's request count is known now
         if s.kind == "unseeded_qa" and s.tokens_per_request is not None:
-            if _bad_number(s.tokens_per_request) or s.tokens_per_request <= 0:
+            if bad_number(s.tokens_per_request) or s.tokens_per_request <= 0:
                 bad(f"synthetic.{name}.tokens_per_request", f"must be positive, got {s.tokens_per_request}")
                 continue
             problem = estimate_problem(name, passages_needed(s.kind, s.passages, 0, 1, 0) * s.samples_per_seed,
@@ -622,7 +537,7 @@ def _validate_slurm(sl: SlurmConfig, bad) -> None:
     for kind, res in sl.resources.items():
         key = f"profile.slurm.resources.{kind}"
         if kind not in known:
-            bad(key, f"unknown stage kind '{kind}'{_did_you_mean(kind, known)} (default, {', '.join(known[1:])})")
+            bad(key, f"unknown stage kind '{kind}'{did_you_mean(kind, known)} (default, {', '.join(known[1:])})")
         if res.time is not None and not TIME_RE.match(res.time):
             bad(f"{key}.time", f"'{res.time}' is not a Slurm time ([D-]HH:MM:SS, or minutes)")
         if res.mem is not None and not MEM_RE.match(str(res.mem)):
@@ -638,10 +553,6 @@ def _validate_slurm(sl: SlurmConfig, bad) -> None:
     if sl.max_requeues < 0 or sl.signal_seconds < 0:
         bad("profile.slurm", "max_requeues and signal_seconds must be >= 0")
 
-
-def _did_you_mean(name: str, options) -> str:
-    near = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean '{near[0]}'?)" if near else ""
 
 
 def _check_data_sufficiency(recipe: Recipe, where: str) -> None:

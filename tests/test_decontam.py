@@ -69,6 +69,7 @@ def _as_item(doc: dict, edit: str | None, rng: random.Random) -> dict:
 
 
 SOTU = Path(__file__).resolve().parents[1] / ".cache" / "assets" / "sotu.jsonl"
+MOBY_DICK = SOTU.with_name("moby_dick.jsonl")
 EDITS = ("case", "word", "swap", "options", "phrased", "combo")
 
 
@@ -186,21 +187,26 @@ def test_lightly_edited_items_are_caught(index_and_docs, short_evals, edit):
         assert {d["matched_by"] for d in fuzzy_caught} == {"fuzzy"}
 
 
-def _paragraphs(n: int) -> list[str]:
-    """Paragraph-sized pieces (120 words) of the SOTU addresses: prose that no eval item is about."""
+def _paragraphs(corpus: Path, n: int | None = None) -> list[str]:
+    """Paragraph-sized pieces (120 words) of an offline corpus (the SOTU addresses, Moby-Dick's chapters): prose
+    that no eval item is about; n of them at random, or all."""
     out: list[str] = []
-    for line in SOTU.read_text().splitlines():
+    for line in corpus.read_text().splitlines():
         w = json.loads(line)["text"].split()
         out += [" ".join(w[i:i + 120]) for i in range(0, len(w) - 119, 120)]
-    return random.Random(4).sample(out, n)
+    return random.Random(4).sample(out, n) if n else out
 
 
 def test_fuzzy_stage_in_documents_catches_edits_and_spares_unrelated_paragraphs(index_and_docs, short_evals):
     _, index, _, _ = index_and_docs
-    paras = _paragraphs(4000)
+    paras = _paragraphs(SOTU, 4000)
     rep = decontam.check_documents(index, paras)
     # the exact stage finds real quotations (MMLU's history items quote addresses); the fuzzy stage adds none
     assert rep["matched_by"].get("fuzzy", 0) <= 0.001 * len(paras), rep["per_task"]
+    # a novel no eval item quotes: neither stage flags its paragraphs
+    novel = _paragraphs(MOBY_DICK)
+    rep = decontam.check_documents(index, novel)
+    assert len(novel) > 1600 and sum(rep["matched_by"].values()) <= 0.001 * len(novel), rep
     rng = random.Random(12)
     planted, want = [], []
     for d in rng.sample(short_evals, 300):

@@ -1,11 +1,14 @@
 """Strict parsing of generator outputs (every malformed output dropped with its reason), item types, the plan of
 a recipe with generation (templates hashed into the stage), without running a model."""
 
+import re
+
 import pytest
 
 from harness.generation import parse as fmt
 from harness.plan import build
 from harness.recipe import load
+from harness.seeds import render
 from harness.store import Store
 
 from conftest import base_recipe, write_recipe
@@ -222,13 +225,16 @@ def _seed(i: int, task: str = "t", **kw) -> dict:
 
 def test_grounded_items_carry_their_passage_and_copies_are_screened():
     """The generator sees a passage, the parser reads only the item: the stage puts the passage back, and the
-    rendered text holds it. An item pointing at a passage it lacks, or copying its seed's options or passage, goes."""
+    rendered text holds it. An item pointing at a passage it lacks, or copying its seed's options or passage, goes;
+    an item pointing at the passage it carries stays. The near-copy rate counts the copies among parsed items."""
     from harness.generation import pipeline
     from harness.generation.backends import Completion
     from harness.generation.prompts import Templates
-    from harness.seeds import render
 
-    seeds = [_seed(i) for i in range(6)]
+    seed_text = "The Elm is a river of the northern plain that floods every spring when the snow melts on its hills."
+    seeds = [_seed(i) for i in range(4)] + [  # two yes/no seeds about a passage: their items write one
+        _seed(i, question=f"Does the river of item {i} flood?", choices=["yes", "no"], answer_text="yes",
+              context=f"{seed_text} Seed {i}.") for i in (4, 5)]
     passages = [{"passage_id": f"doc{i}.p0", "text": f"Passage {i}: the river Elm floods every spring."}
                 for i in range(3)]
     cfg = {"samples_per_seed": 2, "fewshot": 1, "context_share": 0.5}
@@ -238,14 +244,23 @@ def test_grounded_items_carry_their_passage_and_copies_are_screened():
     assert 0 < len(grounded) < len(meta)
     for k in grounded:  # the prompt shows the passage
         assert text[meta[k]["passage_id"]] in reqs[[r.key for r in reqs].index(k)].messages[0][1]
+    keys = sorted(meta)
+    mc = [k for k in keys if meta[k]["type"] == "mc"]
+    refers_bad = next(k for k in mc[1:] if not meta[k]["passage_id"])  # refers to a passage it lacks: dropped
+    refers_ok = next(k for k in mc[1:] if meta[k]["passage_id"])  # refers to the passage it carries: kept
+    copies = next(k for k in keys if meta[k]["type"] == "yesno" and not meta[k]["passage_id"])  # writes its seed's
     outputs = {}
-    for n, key in enumerate(sorted(meta)):
+    for n, key in enumerate(keys):
         seed = seeds[int(meta[key]["seed_id"].split("/")[-1])]
+        if meta[key]["type"] == "yesno":
+            passage = seed["context"] if key == copies else f"The Ouse is a quiet river number {n} that never floods."
+            outputs[key] = Completion(f"Passage: {passage}\nQuestion: Does river {n} flood in spring?\nAnswer: yes")
+            continue
         opts = [f"new option {n}", f"other option {n}", f"third option {n}", f"fourth option {n}"]
         question = f"When does the river in question {n} flood each year?"
-        if n == 0:
+        if key == mc[0]:
             opts = seed["choices"][:2] + opts[2:]  # half the seed's options verbatim
-        if n == 1 and not meta[key]["passage_id"]:
+        if key in (refers_bad, refers_ok):
             question = f"According to the passage, what floods in case {n}?"
         outputs[key] = Completion("Question: " + question + "\n" + "\n".join(f"{L}. {o}" for L, o in zip("ABCD", opts))
                                   + "\nAnswer: B")
@@ -253,20 +268,22 @@ def test_grounded_items_carry_their_passage_and_copies_are_screened():
     assert not bad and len(items) == len(meta)
     pipeline.ground(items, passages)
     kept, screened = pipeline.screen(items, {s["seed_id"]: s for s in seeds})
-    assert screened["copied_seed_options"] == 1
-    assert screened["refers_to_missing_passage"] == (not meta[sorted(meta)[1]]["passage_id"])
-    assert len(kept) == len(items) - sum(screened.values())
-    for it in kept:
-        assert it["context"] == (text[it["passage_id"]] if it["passage_id"] else None)
+    assert screened == {"copied_seed_options": 1, "refers_to_missing_passage": 1, "copied_seed_passage": 1}, screened
+    assert pipeline.near_copy_rate(screened, len(items)) == round(2 / len(items), 4)
+    assert len(kept) == len(items) - 3 and any(it["request"] == refers_ok for it in kept)
+    def own(it):  # the passage an ungrounded yes/no item wrote
+        return outputs[it["request"]].text.split("\n")[0].removeprefix("Passage: ")
+
+    for it in kept:  # a grounded item's passage is the one it was shown, in place of any it wrote
+        assert it["context"] == text[it["passage_id"]] if it["passage_id"] else it["context"] in (None, own(it))
     docs, shown = render.render(kept, "mc", 1, seed=0)
     assert all(text[it["passage_id"]] in "\n".join(docs) for it in kept if it["passage_id"])
-    assert sum(shown["answer_positions"]["4"].values()) == shown["items"] == len(kept)
+    assert sum(sum(c.values()) for c in shown["answer_positions"].values()) == shown["items"] == len(kept)
 
 
 def test_rendered_options_are_shuffled_except_positional_ones():
     """Every generated answer is B here (a generator's position bias): rendering spreads the answers over the
     positions, each item's order fixed by its id; an item whose options refer to others keeps its order."""
-    from harness.seeds import render
 
     items = [{**_seed(i), "item_id": f"t/train/{i}#0", "choices": [f"w{i}", f"x{i}", f"y{i}", f"z{i}"],
               "answer_index": 1, "answer_text": f"x{i}"} for i in range(400)]
@@ -300,7 +317,6 @@ def test_unseeded_pairs_follow_their_document():
     """The unseeded control as Nemotron-CC's diverse QA renders it: the document once, then a random 1..k of its
     k pairs (seeded); "according to the text" then has its text."""
     from harness.generation import pipeline
-    from harness.seeds import render
 
     passages = [{"passage_id": f"doc{i}.p0", "text": f"Document {i} tells of the harbour town number {i}."}
                 for i in range(30)]
@@ -357,21 +373,45 @@ def test_pairs_are_read_whatever_their_labels():
                                               "When was the treaty signed?", "Who opposed the tariff?"], (items, bad)
     assert [i["answer_text"] for i in items] == ["A new navy.", "In the spring of 1803.", "The southern states."]
     assert not bad
+    # Nemotron-CC's own format: a preamble, then "- Question: ... Answer: ..." on one bulleted line
+    items, bad = fmt.parse_pairs("Here are the questions and answers based on the provided text:\n- Question: What "
+                                 "did the president ask Congress to fund? Answer: A new navy.\n- Question: When "
+                                 "was the treaty signed?\n- Answer: In the spring of 1803.", 3)
+    assert [(i["question"], i["answer_text"]) for i in items] == [
+        ("What did the president ask Congress to fund?", "A new navy."),
+        ("When was the treaty signed?", "In the spring of 1803.")] and not bad, (items, bad)
 
 
 def test_unseeded_prompt_asks_for_varied_forms_and_inline_options_parse():
     """Nemotron-CC's diverse QA asks for a range of question forms, multiple choice with its options inline among
-    them; an inline-options pair parses whole (a preamble costs no pair), and its open-answer verification accepts
-    the option's letter or its text."""
+    them. The control's pairs are typed as the seeded items are: inline options become choices keyed by the
+    answer's letter or words, a yes/no answer the options yes/no; so verification needs as many votes as for a
+    seeded item with as many options (not an open answer's 2 of 3), and rendering shuffles the inline options."""
     from harness.generation import verification
     from harness.generation.prompts import Templates
 
     prompt = Templates().render("unseeded_qa", passage="The navy grew.", n_pairs=4)
     assert all(w in prompt for w in ("yes/no", "multiple-choice", "(a) ... (b)", "compares", "reasoning"))
-    items, bad = fmt.parse_pairs("Here are the questions:\nQuestion: Which gas do plants absorb? (a) oxygen "
-                                 "(b) carbon dioxide (c) helium\nAnswer: (b) carbon dioxide\n"
-                                 "Question: Did the navy grow?\nAnswer: Yes.", 4)
-    assert not bad and items[0]["question"].endswith("(c) helium") and items[0]["answer_text"] == "(b) carbon dioxide"
-    assert verification.matches_key("b", items[0]["answer_text"])
-    assert verification.matches_key("carbon dioxide", items[0]["answer_text"])
-    assert not verification.matches_key("(a) oxygen", items[0]["answer_text"])
+    items, bad = fmt.parse_pairs(
+        "Here are the questions:\nQuestion: Which gas do plants absorb? (a) oxygen (b) carbon dioxide (c) helium\n"
+        "Answer: (b) carbon dioxide\nQuestion: Did the navy grow?\nAnswer: Yes, it doubled.\n"
+        "Question: Which state objected, A) Ohio, B) South Carolina, or C) Maine?\nAnswer: South Carolina did.\n"
+        "Question: Which colour is the sky, (a) red or (b) blue?\nAnswer: green\n"
+        "Question: Who signed the treaty?\nAnswer: The president.", 5)
+    assert bad == ["answer_not_an_option"], bad
+    gas, grew, state, who = items
+    assert (gas["question"], gas["choices"], gas["answer_index"], gas["answer_text"], gas["type"]) == \
+        ("Which gas do plants absorb?", ["oxygen", "carbon dioxide", "helium"], 1, "carbon dioxide", "mc")
+    assert (state["question"], state["choices"], state["answer_index"]) == \
+        ("Which state objected?", ["Ohio", "South Carolina", "Maine"], 1)
+    assert (grew["type"], grew["choices"], grew["answer_index"], grew["answer_text"]) == \
+        ("yesno", ["yes", "no"], 0, "Yes, it doubled.")
+    assert who["type"] == "open" and who["choices"] is None
+    cfg = verification.VerificationConfig()
+    assert [verification._requirement(i, cfg)[:2] for i in items] == [(3, 3), (4, 4), (3, 3), (3, 2)]
+    # rendered in the qa layout: the options stay inline, shuffled per item, the answer's letter following them
+    docs, shown = render.render([{**gas, "item_id": f"p{k}.0"} for k in range(12)], "qa", 1, seed=0)
+    for doc in docs:
+        letter = re.search(r"\(([abc])\) carbon dioxide", doc.splitlines()[0]).group(1)
+        assert doc.splitlines()[1] == f"Answer: ({letter}) carbon dioxide", doc
+    assert len({doc.splitlines()[0] for doc in docs}) > 1 and sum(shown["answer_positions"]["3"].values()) == 12

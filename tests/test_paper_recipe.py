@@ -220,8 +220,12 @@ def test_wandb_runs_are_filterable_by_arm_share_and_generator(rendered):
     assert taskqa["synthetic.taskqa.samples_per_seed"] == 80
     assert taskqa["synthetic.taskqa.verification"] == "votes scaled to the options, chance pass <= 0.1, temperature " \
         "0.2, open answers too" and taskqa["synthetic.taskqa.kind"] == "task_seeded"
+    assert taskqa["synthetic.taskqa.verifier"] == "microsoft/phi-4"  # another family votes
     unseeded = flat(plan.by_id("train/unseeded_20/seed1").runtime["wandb_config"])
     assert unseeded["synthetic.unseeded.kind"] == "unseeded_qa" and unseeded["share.unseeded"] == 0.2
+    # the control is checked as the seeded set is: same protocol, same verifier
+    assert (unseeded["synthetic.unseeded.verification"], unseeded["synthetic.unseeded.verifier"]) == \
+        (taskqa["synthetic.taskqa.verification"], taskqa["synthetic.taskqa.verifier"])
     assert not any(k.startswith("synthetic.taskqa") for k in unseeded), "only the sets the arm uses"
     baseline = flat(plan.by_id("train/baseline/seed3").runtime["wandb_config"])
     assert baseline["synthetic_share"] == 0.0 and not any(k.startswith("synthetic.") for k in baseline)

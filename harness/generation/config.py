@@ -4,12 +4,12 @@ recipe.py composes it into the Recipe and calls `validate` with its problem coll
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
+
+from harness.checks import bad_number, did_you_mean
 
 # vLLM applies the model's generation_config.json (top_k, repetition_penalty, min_p, ...) to every field a request
 # leaves unset when this is 'auto'; 'vllm' uses vLLM's neutral defaults, so the recipe's temperature and top_p are
@@ -67,13 +67,6 @@ SERVER_KINDS = ("transformers", "vllm")
 LOCAL_BATCHED = ("transformers", "ctranslate2")
 
 
-def _bad_number(x) -> bool:
-    return not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x) or math.isinf(x)
-
-
-def _did_you_mean(name: str, options) -> str:
-    near = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean '{near[0]}'?)" if near else ""
 
 
 def uses_vllm(g: GeneratorConfig) -> bool:
@@ -92,7 +85,7 @@ def validate(g: GeneratorConfig, bad: Callable[[str, str], None]) -> None:
     from harness.generation.models import CATALOGUE, is_local
 
     if g.backend not in BACKENDS:
-        bad("generator.backend", f"unknown backend '{g.backend}'{_did_you_mean(g.backend, BACKENDS)} "
+        bad("generator.backend", f"unknown backend '{g.backend}'{did_you_mean(g.backend, BACKENDS)} "
                                  f"({', '.join(BACKENDS)})")
     if g.backend == "openai":
         if g.server != "managed" and not re.match(r"^https?://", g.server):
@@ -110,7 +103,7 @@ def validate(g: GeneratorConfig, bad: Callable[[str, str], None]) -> None:
             bad(f"generator.{key}", "must be at least 1")
     if g.max_retries < 0 or g.timeout <= 0:
         bad("generator", "max_retries must be >= 0 and timeout > 0")
-    if _bad_number(g.temperature) or g.temperature < 0 or not 0 < g.top_p <= 1:
+    if bad_number(g.temperature) or g.temperature < 0 or not 0 < g.top_p <= 1:
         bad("generator", f"temperature must be >= 0 and top_p in (0, 1] (got {g.temperature}, {g.top_p})")
     if g.prefill and g.backend == "openai" and g.server == "managed" and g.server_kind == "transformers":
         bad("generator.prefill", "`transformers serve` cannot continue a prefilled answer (it always opens a new "
@@ -123,7 +116,7 @@ def validate(g: GeneratorConfig, bad: Callable[[str, str], None]) -> None:
 def _validate_vllm(v: VLLMConfig, bad: Callable[[str, str], None]) -> None:
     if v.max_model_len is not None and v.max_model_len < 1:
         bad("generator.vllm.max_model_len", f"must be at least 1 (or null for the model's own), got {v.max_model_len}")
-    if _bad_number(v.gpu_memory_utilization) or not 0 < v.gpu_memory_utilization <= 1:
+    if bad_number(v.gpu_memory_utilization) or not 0 < v.gpu_memory_utilization <= 1:
         bad("generator.vllm.gpu_memory_utilization", f"must be in (0, 1], got {v.gpu_memory_utilization}")
     if v.tensor_parallel_size < 1:
         bad("generator.vllm.tensor_parallel_size", f"must be at least 1, got {v.tensor_parallel_size}")

@@ -131,19 +131,23 @@ def parse(text: str, kind: str, n_options: int | None = None, max_chars: int = 1
     return item
 
 
-# the labels a small model writes for its pairs: "Q:", "Question 2:", "**Question:**", "1. Q:", "A:", "Answer 2:"
-_Q_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*\d*\s*[:.)]\s*(?:\*\*)?\s*", re.I)
-_A_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:A|Answer)\s*\d*\s*:\s*(?:\*\*)?\s*", re.I)
-_NUMBERED_QUESTION = re.compile(r"^\s*(?:\*\*)?\s*\d+[.)]\s+(.+\?)\s*(?:\*\*)?\s*$")
+# the labels a small model writes for its pairs: "Q:", "Question 2:", "**Question:**", "1. Q:", "A:", "Answer 2:",
+# and Nemotron-CC's own bulleted lines, "- Question: ... Answer: ..."
+_BULLET = r"(?:[-\u2022]\s*|\*\s+)?"
+_Q_LABEL = re.compile(rf"^\s*{_BULLET}(?:\*\*)?\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*\d*\s*[:.)]\s*(?:\*\*)?\s*", re.I)
+_A_LABEL = re.compile(rf"^\s*{_BULLET}(?:\*\*)?\s*(?:A|Answer)\s*\d*\s*:\s*(?:\*\*)?\s*", re.I)
+_INLINE_ANSWER = re.compile(r"\s+(?:\*\*)?Answer\s*:\s*(?:\*\*)?\s*", re.I)
+_NUMBERED_QUESTION = re.compile(rf"^\s*{_BULLET}(?:\*\*)?\s*\d+[.)]\s+(.+\?)\s*(?:\*\*)?\s*$")
 
 
 def _relabel(text: str) -> str:
     """Pairs written in any of the usual shapes, as "Question:" / "Answer:" lines (a numbered line ending in "?"
-    is a question)."""
+    is a question; a question line that holds its answer is split)."""
     out = []
     for line in text.splitlines():
         if _Q_LABEL.match(line):
-            line = "Question: " + _Q_LABEL.sub("", line, count=1)
+            q, *a = _INLINE_ANSWER.split(_Q_LABEL.sub("", line, count=1), maxsplit=1)
+            line = "\n".join(["Question: " + q] + ["Answer: " + x for x in a])
         elif _A_LABEL.match(line):
             line = "Answer: " + _A_LABEL.sub("", line, count=1)
         elif (m := _NUMBERED_QUESTION.match(line)):
@@ -152,14 +156,71 @@ def _relabel(text: str) -> str:
     return "\n".join(out)
 
 
+# options written inside the question line, "(a) ... (b) ..." or "A) ... B) ...", from the first letter on
+_INLINE_OPTION = re.compile(r"(?:^|(?<=\s))\(?([a-hA-H])\)\s+")
+_OPTION_LETTER = re.compile(r"^\(?([a-hA-H])(?:\)|[.:]|$)\s*")
+
+
+def _inline_options(question: str) -> tuple[str, list[str]] | None:
+    marks = list(_INLINE_OPTION.finditer(question))
+    if len(marks) < 2 or marks[0].group(1).upper() != "A":
+        return None
+    marks = marks[:next((i for i, m in enumerate(marks) if m.group(1).upper() != LETTERS[i]), len(marks))]
+    if len(marks) < 2:
+        return None
+    ends = [m.start() for m in marks[1:]] + [len(question)]
+    options = [re.sub(r"(?:\s*(?:[,;]|\bor\b))*\s*$", "", question[m.end():e]).strip() for m, e in zip(marks, ends)]
+    stem = question[:marks[0].start()].rstrip(" ,:;")
+    if options[-1].endswith("?"):  # "Which ..., (a) x or (b) y?": the question's mark goes back to the question
+        options[-1] = options[-1][:-1].rstrip()
+        stem += "" if stem.endswith("?") else "?"
+    return stem, options
+
+
+def structure_pair(item: dict) -> dict:
+    """A pair of the unseeded control as the seeded items are: a multiple-choice question with its options inline
+    gets its choices and keyed option (the answer's letter or an option's words), a yes/no answer the options
+    yes/no - so that verification asks for as many votes as for a seeded item with as many options, and rendering
+    shuffles the options. Otherwise an open answer."""
+    q, a = item["question"], item["answer_text"]
+    inline = _inline_options(q)
+    if inline:
+        stem, choices = inline
+        if len(stem) < 8:
+            raise Malformed("question_too_short")
+        if any(not c for c in choices) or len({c.lower() for c in choices}) < len(choices):
+            raise Malformed("duplicate_or_empty_options")
+        m = _OPTION_LETTER.match(a)
+        if m and m.group(1).upper() in LETTERS[:len(choices)]:
+            idx = LETTERS.index(m.group(1).upper())
+        else:
+            said = [i for i, c in enumerate(choices) if _words(c) and _words(c) in _words(a)]
+            if len(said) != 1:
+                raise Malformed("answer_not_an_option")
+            idx = said[0]
+        return {**item, "question": stem, "choices": choices, "answer_index": idx, "answer_text": choices[idx],
+                "type": "mc", "inline": True}
+    first = a.split(" ")[0].strip(".,!").lower()
+    if first in YES_NO:
+        yes = {"true": "yes", "false": "no"}.get(first, first) == "yes"
+        return {**item, "choices": ["yes", "no"], "answer_index": 0 if yes else 1, "type": "yesno"}
+    return {**item, "type": "open"}
+
+
+def _words(text: str) -> str:
+    """Lower-case words joined by single spaces, padded, so that `in` matches whole words."""
+    return " " + " ".join(re.findall(r"\w+", text.lower())) + " " if re.search(r"\w", text) else ""
+
+
 def parse_pairs(text: str, max_pairs: int) -> tuple[list[dict], list[str]]:
-    """Several question/answer pairs (the unseeded control): the well-formed ones, and reasons for the rest. Labels
-    are read tolerantly (see _relabel); a preamble before the first question costs no pair."""
+    """Several question/answer pairs (the unseeded control): the well-formed ones, typed (see structure_pair), and
+    reasons for the rest. Labels are read tolerantly (see _relabel); a preamble before the first question costs no
+    pair."""
     items, bad = [], []
     chunks = [c for c in re.split(r"\n\s*(?=Question:)", "\n" + _relabel(text.strip())) if "Question:" in c]
     for chunk in chunks[:max_pairs]:
         try:
-            items.append(parse(chunk.strip(), "open"))
+            items.append(structure_pair(parse(chunk.strip(), "open")))
         except Malformed as e:
             bad.append(e.reason)
     bad += ["too_many_pairs"] * max(0, len(chunks) - max_pairs)

@@ -153,8 +153,8 @@ def parse_round(completions: dict, meta: dict, pairs: int = 0) -> tuple[list[dic
             parsed, bad = fmt.parse_pairs(c.text, pairs)
             dropped.update(bad)
             for j, it in enumerate(parsed):
-                kind = "yesno" if it["answer_text"].split(" ")[0].strip(".,").lower() in ("yes", "no") else "open"
-                items.append({**m, **it, "item_id": f"{m['item_id']}.{j}", "type": kind})
+                items.append({**m, **it, "item_id": f"{m['item_id']}.{j}", "n_options": it["choices"] and
+                              len(it["choices"])})
             continue
         try:
             items.append({**m, **fmt.parse(c.text, m["type"], m["n_options"])})
@@ -219,6 +219,11 @@ def screen(items: list[dict], seeds: dict[str, dict]) -> tuple[list[dict], colle
                 continue
         kept.append(it)
     return kept, dropped
+
+
+def near_copy_rate(screened: collections.Counter, parsed: int) -> float:
+    """The share of parsed items that copied their seed's options or passage (the screen dropped them)."""
+    return round((screened["copied_seed_options"] + screened["copied_seed_passage"]) / max(1, parsed), 4)
 
 
 def enrich(items: list[dict], driver: Driver, tpl: Templates, s: Sampling) -> collections.Counter:

@@ -78,7 +78,8 @@ def expand(recipe, bad) -> None:
     same mix is kept, so that a saved, expanded recipe loads again unchanged. Problems go to bad(key, message)."""
     import copy
 
-    from harness.recipe import ArmConfig, _did_you_mean
+    from harness.checks import did_you_mean
+    from harness.recipe import ArmConfig
 
     if not recipe.sweep:
         return
@@ -100,7 +101,7 @@ def expand(recipe, bad) -> None:
     for k, sw in enumerate(recipe.sweep):
         key = f"sweep[{k}]"
         if sw.source not in sources:
-            bad(f"{key}.source", f"unknown source '{sw.source}'{_did_you_mean(sw.source, sources)}")
+            bad(f"{key}.source", f"unknown source '{sw.source}'{did_you_mean(sw.source, sources)}")
             continue
         replaces = sw.replaces or max(base.mix, key=lambda s: base.mix[s])
         if replaces not in base.mix:
@@ -112,7 +113,7 @@ def expand(recipe, bad) -> None:
         limit = base.mix[replaces]
         if sw.knob is not None:
             if sw.knob not in knobs() or sw.source not in recipe.synthetic:
-                near = _did_you_mean(sw.knob, knobs()) or f" ({', '.join(knobs())})"
+                near = did_you_mean(sw.knob, knobs()) or f" ({', '.join(knobs())})"
                 bad(f"{key}.knob", f"'{sw.knob}' is not a numeric key of a synthetic set{near}"
                     if sw.source in recipe.synthetic else f"'{sw.source}' is a corpus: only a synthetic set has knobs")
                 continue

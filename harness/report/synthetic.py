@@ -54,18 +54,22 @@ def _rate(n, d) -> str:
 
 
 def _positions(p: dict | None) -> str:
-    """The answers' positions of the most common option count, as shares A/B/C/...; "-" without options."""
+    """The answers' positions per option count (the most common first), as shares A/B/C/...; "-" where no option
+    is shown."""
     if not p:
         return "-"
-    n, counts = max(p.items(), key=lambda kv: sum(kv[1].values()))
-    total = sum(counts.values())
-    return f"{n} options: " + "/".join(f"{counts.get(L, 0) / total:.0%}" for L in LETTERS[:int(n)])
+    shown = []
+    for n, counts in sorted(p.items(), key=lambda kv: -sum(kv[1].values())):
+        total = sum(counts.values())
+        shares = "/".join(f"{counts.get(L, 0) / total:.0%}" for L in LETTERS[:int(n)])
+        shown.append(f"{n} options: {shares}" + (f" ({total:,})" if len(p) > 1 else ""))
+    return "; ".join(shown)
 
 
 def table(sets: dict) -> str:
     lines = ["### synthetic sets: what each check kept", "",
-             "| set | kind | generations | parsed | screened out (near-copies) | verified (of checked) | after "
-             "dedup and decontamination | rendered | answer positions | tokens per request |",
+             "| set | kind | generations | parsed | screened out (near-copies: of parsed) | verified (of checked) | "
+             "after dedup and decontamination | rendered | answer positions | tokens per request |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for name, r in sets.items():
         if "generations" not in r:
@@ -75,12 +79,12 @@ def table(sets: dict) -> str:
         screened = sum(r["screened"].values())
         verified = (_rate(r["verified"], r["verification_checked"]) if r["verification_checked"]
                     else "none")
-        if r["unverified"]:  # open-answer items (and the whole unseeded control) have no options to vote on
+        if r["unverified"]:  # verification off, or open answers left unchecked (open_answers: false)
             verified += f"; {r['unverified']:,} not verified"
         # a request of the unseeded control asks for several pairs: its parsed count is pairs, not a rate
         parsed = _rate(r["parsed"], r["generations"]) if r["kind"] != "unseeded_qa" else f"{r['parsed']:,} pairs"
         lines.append(f"| {name} | {r['kind']} | {r['generations']:,} | {parsed} | "
-                     f"{screened:,} ({r['near_copies']:,}) | {verified} | {r['after_filter']:,} | "
+                     f"{screened:,} ({_rate(r['near_copies'], r['parsed'])}) | {verified} | {r['after_filter']:,} | "
                      f"{r['rendered'] or 0:,} | {_positions(r['answer_positions'])} | "
                      f"{r.get('tokens_per_request', '-')} |")
     if not sets:

@@ -41,10 +41,13 @@ def _explained(item: dict) -> str:
 
 
 def _qa(item: dict) -> str:
-    q = item["question"]
+    q, a = item["question"], item["answer_text"]
+    if item.get("inline") and item.get("choices"):  # the unseeded control's options inside the question line
+        q += " " + " ".join(f"({LETTERS[i].lower()}) {c}" for i, c in enumerate(item["choices"]))
+        a = f"({LETTERS[item['answer_index']].lower()}) {a}"
     if item.get("context"):
         q = f"{item['context']}\n{q}"
-    return f"Question: {q}{_explained(item)}\nAnswer: {item['answer_text']}"
+    return f"Question: {q}{_explained(item)}\nAnswer: {a}"
 
 
 def _mc(item: dict) -> str:
@@ -56,6 +59,8 @@ def _mc(item: dict) -> str:
 
 
 LAYOUTS = {"qa": _qa, "mc": _mc}
+# whether a layout shows an item's options (their positions are then part of the text, and reported)
+SHOWS_OPTIONS = {"qa": lambda it: bool(it.get("inline")), "mc": lambda it: True}
 
 
 def _blocks(items: list[dict], seed: int) -> list[tuple[str | None, list[dict]]]:
@@ -94,4 +99,5 @@ def render(items: list[dict], layout: str, items_per_doc: int, seed: int) -> tup
     docs = ["\n\n".join(text(*blocks[j]) for j in order[i:i + items_per_doc])
             for i in range(0, len(order), items_per_doc)]
     rendered = [it for _, group in blocks for it in group]
-    return docs, {"items": len(rendered), "answer_positions": answer_positions(rendered)}
+    return docs, {"items": len(rendered),
+                  "answer_positions": answer_positions([it for it in rendered if SHOWS_OPTIONS[layout](it)])}

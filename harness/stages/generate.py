@@ -50,7 +50,7 @@ def _backend_factory(gen: dict, rt: dict, workdir, served: dict, log_name: str =
 @register
 class GenerateStage(Stage):
     kind = "generate"
-    version = 4  # verification: votes scaled to the options, its own temperature, open answers verified
+    version = 5  # the unseeded control's pairs typed (inline options, yes/no) and verified as seeded items are
 
     def run(self, ctx: StageContext) -> dict:
         cfg, rt = ctx.spec.config, ctx.spec.runtime
@@ -125,8 +125,7 @@ class GenerateStage(Stage):
                 "parsed": parsed, "malformed": dict(sorted(dropped.items())),
                 "screened": dict(sorted(screened.items())),
                 "after_screen": parsed - sum(screened.values()),
-                "near_copy_rate": round((screened["copied_seed_options"] + screened["copied_seed_passage"])
-                                        / max(1, parsed), 4),
+                "near_copy_rate": pipeline.near_copy_rate(screened, parsed),
                 "grounded": sum(bool(it.get("passage_id")) for it in items), "enrichment": dict(enriched),
                 "verification": dict(checked["counts"]), "verification_by_type": checked["per_type"],
                 "kept": len(kept),

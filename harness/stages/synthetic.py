@@ -42,7 +42,7 @@ class SeedsStage(Stage):
 @register
 class RenderStage(Stage):
     kind = "render"
-    version = 2  # options shuffled per item; items written from a passage rendered after it
+    version = 3  # inline options (the unseeded control) rendered shuffled; positions only of options shown
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.spec.config

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
+
+from harness.checks import bad_number
 
 SCHEDULES = ("cosine", "wsd", "linear", "constant", "anneal")
 RECOMPUTE = ("none", "selective", "full")
@@ -54,9 +55,6 @@ class WandbConfig:
     init_timeout: float = 60.0  # seconds an online run may take to reach W&B before it falls back to offline
 
 
-def _bad_number(x: Any) -> bool:
-    return not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x) or math.isinf(x)
-
 
 def validate_train(t: TrainConfig, bad: Callable[[str, str], None]) -> None:
     if t.precision not in ("fp32", "bf16"):
@@ -68,9 +66,9 @@ def validate_train(t: TrainConfig, bad: Callable[[str, str], None]) -> None:
                                        f"{t.micro_batch_size}")
     for key in ("lr", "min_lr", "weight_decay", "clip_grad"):
         v = getattr(t, key)
-        if _bad_number(v) or v < 0:
+        if bad_number(v) or v < 0:
             bad(f"train.{key}", f"must be a number >= 0, got {v}")
-    if t.schedule != "anneal" and not _bad_number(t.lr) and not _bad_number(t.min_lr) and t.min_lr > t.lr:
+    if t.schedule != "anneal" and not bad_number(t.lr) and not bad_number(t.min_lr) and t.min_lr > t.lr:
         bad("train.min_lr", f"{t.min_lr:g} is above train.lr {t.lr:g}: the {t.schedule} schedule decays from lr to "
                             f"min_lr (schedule anneal decays to 0)")
     if not 0 <= t.warmup_fraction < 1:
@@ -115,5 +113,5 @@ def validate_parallel(t: TrainConfig, processes: int, bad: Callable[[str, str], 
 def validate_wandb(w: WandbConfig, bad: Callable[[str, str], None]) -> None:
     if w.mode not in ("disabled", "offline", "online"):
         bad("wandb.mode", f"unknown mode '{w.mode}' (disabled, offline, online)")
-    if _bad_number(w.init_timeout) or w.init_timeout <= 0:
+    if bad_number(w.init_timeout) or w.init_timeout <= 0:
         bad("wandb.init_timeout", f"must be a positive number of seconds, got {w.init_timeout}")

@@ -48,8 +48,9 @@ def _lines(path) -> list[dict]:
 
 SEEDED = {"kind": "task_seeded", "tasks": ["offline_arc_easy", "offline_boolq"], "per_task_cap": 3,
           "samples_per_seed": 1, "fewshot": 1, "verification": {"votes": 2}, "enrich": True}
+# the control is enriched and verified as the seeded set is (validation refuses it otherwise)
 UNSEEDED = {"kind": "unseeded_qa", "context_corpus": "prose", "passages": 4, "pairs_per_passage": 2,
-            "samples_per_seed": 1, "verification": {"votes": 1}}  # open answers: one vote each, to stay fast
+            "samples_per_seed": 1, "verification": {"votes": 2}, "enrich": True}
 
 
 def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
@@ -78,7 +79,7 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
     f = _result(plan, "filter/tsqa")
     assert f["input"] == g["kept"] and f["kept"] + sum(f["deduplicated"].values()) + f["decontaminated"] == f["input"]
     u = _result(plan, "generate/uqa")
-    uv = u["verification"]  # the control's open answers are verified too (one vote each here)
+    uv = u["verification"]  # the control's pairs are verified too, whatever their type
     assert u["passages"] == 4 and u["generations"] == 4
     assert uv.get("verified", 0) + uv.get("failed_verification", 0) == u["after_screen"] and not uv.get("unverified")
     assert u["kept"] == uv.get("verified", 0)
@@ -106,8 +107,9 @@ def test_managed_server_seeded_and_unseeded(tmp_path, suite_store, cli):
         assert sets["uqa"]["unverified"] == 0 and sets["uqa"]["verification_checked"] == u["after_screen"]
         md = synthetic.table(sets)
         assert "| tsqa | task_seeded | 6 |" in md and "### verification by item type" in md
-        protocol = "1 votes, chance pass <= 0.1, temperature 0.2, open answers too"
-        assert f"| uqa | {protocol} | open | {u['after_screen']:,} |" in md
+        protocol = "2 votes, chance pass <= 0.1, temperature 0.2, open answers too"
+        assert sum(int(line.split(" | ")[3].replace(",", "")) for line in md.splitlines()
+                   if line.startswith(f"| uqa | {protocol} |")) == u["after_screen"], md
         udocs = _lines(plan.dir(plan.by_id("render/uqa")) / "data.jsonl")
         passages = {p["text"] for p in _lines(plan.dir(plan.by_id("passages/uqa")) / "passages.jsonl")}
         assert all(any(d["text"].startswith(p) for p in passages) for d in udocs), "each pair after its document"

@@ -32,7 +32,7 @@ def test_make_quickstart_runs_end_to_end_and_reruns_nothing(tmp_path):
     plan = Plan.load(store / "quickstart" / "plan.json")
     ran = re.search(r"(\d+) ran, 0 cached, 0 failed, 0 skipped", out)
     assert ran and int(ran.group(1)) == len(plan.stages), out[-3000:]
-    arms = ["baseline", "seedqa_10", "unseeded_2", "taskqa_1", "taskqa_2"]
+    arms = ["baseline", "seedqa_10", "unseeded_2", "taskqa_2"]
     assert all(f"done eval/{a}/seed1" in out for a in arms)
     # the headline names every arm, then the report's path, then `cat` prints the report with its controls
     head = out[ran.end():]

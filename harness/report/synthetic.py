@@ -84,7 +84,8 @@ def table(sets: dict) -> str:
         # a request of the unseeded control asks for several pairs: its parsed count is pairs, not a rate
         parsed = _rate(r["parsed"], r["generations"]) if r["kind"] != "unseeded_qa" else f"{r['parsed']:,} pairs"
         lines.append(f"| {name} | {r['kind']} | {r['generations']:,} | {parsed} | "
-                     f"{screened:,} ({_rate(r['near_copies'], r['parsed'])}) | {verified} | {r['after_filter']:,} | "
+                     f"{screened:,} ({r['near_copies']:,}: {r['near_copies'] / max(1, r['parsed']):.0%}) | {verified} | "
+                     f"{r['after_filter']:,} | "
                      f"{r['rendered'] or 0:,} | {_positions(r['answer_positions'])} | "
                      f"{r.get('tokens_per_request', '-')} |")
     if not sets:

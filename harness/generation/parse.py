@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from harness.filters.text import contains, words
+
 LETTERS = "ABCDEFGH"
 YES_NO = {"yes", "no", "true", "false"}
 
@@ -194,7 +196,7 @@ def structure_pair(item: dict) -> dict:
         if m and m.group(1).upper() in LETTERS[:len(choices)]:
             idx = LETTERS.index(m.group(1).upper())
         else:
-            said = [i for i, c in enumerate(choices) if _words(c) and _words(c) in _words(a)]
+            said = [i for i, c in enumerate(choices) if words(c) and contains(words(a), words(c))]
             if len(said) != 1:
                 raise Malformed("answer_not_an_option")
             idx = said[0]
@@ -205,11 +207,6 @@ def structure_pair(item: dict) -> dict:
         yes = {"true": "yes", "false": "no"}.get(first, first) == "yes"
         return {**item, "choices": ["yes", "no"], "answer_index": 0 if yes else 1, "type": "yesno"}
     return {**item, "type": "open"}
-
-
-def _words(text: str) -> str:
-    """Lower-case words joined by single spaces, padded, so that `in` matches whole words."""
-    return " " + " ".join(re.findall(r"\w+", text.lower())) + " " if re.search(r"\w", text) else ""
 
 
 def parse_pairs(text: str, max_pairs: int) -> tuple[list[dict], list[str]]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from harness.checks import did_you_mean
 from harness.evaluation import suites
 
 BACKENDS = ("hf", "megatron", "vllm")
@@ -37,9 +37,7 @@ def validate(e: EvalConfig, bad: Callable[[str, str], None]) -> None:
             bad("eval.tasks", f"{', '.join(code)} run the model's generated code to score it; set "
                               f"eval.allow_code_execution: true where that is acceptable (a sandboxed node)")
     if e.backend not in BACKENDS:
-        near = difflib.get_close_matches(e.backend, BACKENDS, n=1)
-        bad("eval.backend", f"unknown backend '{e.backend}'" + (f" (did you mean '{near[0]}'?)" if near else "")
-            + f" ({', '.join(BACKENDS)})")
+        bad("eval.backend", f"unknown backend '{e.backend}'{did_you_mean(e.backend, BACKENDS)} ({', '.join(BACKENDS)})")
     if e.limit is not None and e.limit < 1:
         bad("eval.limit", "must be at least 1 (or null for every item)")
     if e.num_fewshot is not None and e.num_fewshot < 0:

@@ -7,12 +7,13 @@ manifests, and a logger. The same `run` is called by every executor.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from harness.checks import did_you_mean
 
 
 @dataclass
@@ -85,8 +86,7 @@ def register(cls: type[Stage]) -> type[Stage]:
 def get(kind: str) -> type[Stage]:
     _load_builtin()
     if kind not in REGISTRY:
-        near = difflib.get_close_matches(kind, REGISTRY, n=1)
-        raise KeyError(f"unknown stage kind '{kind}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        raise KeyError(f"unknown stage kind '{kind}'{did_you_mean(kind, REGISTRY)}")
     return REGISTRY[kind]
 
 

@@ -8,9 +8,10 @@ imported lazily). Registered by name so that a recipe names one and a new one ne
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
+
+from harness.checks import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,8 @@ def make(name: str, opts: BackendOptions) -> Backend:
     from harness.generation.backends import ct2_local, hf_local, openai, vllm_offline  # noqa: F401  (registration)
 
     if name not in REGISTRY:
-        near = difflib.get_close_matches(name, REGISTRY, n=1)
-        raise KeyError(f"unknown generation backend '{name}'" + (f" (did you mean '{near[0]}'?)" if near else "")
-                       + f"; known: {', '.join(sorted(REGISTRY))}")
+        raise KeyError(f"unknown generation backend '{name}'{did_you_mean(name, REGISTRY)}; known: "
+                       f"{', '.join(sorted(REGISTRY))}")
     return REGISTRY[name](opts)
 
 
